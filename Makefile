@@ -1,0 +1,73 @@
+# ssit: one entry point for setting up, testing, preparing data and benchmarking.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# DALI wheel: 130 for CUDA 13 drivers (default), 120 for clusters on CUDA 12 drivers.
+DALI_CUDA ?= 130
+STAMP := $(VENV)/.installed-cuda$(DALI_CUDA)
+
+# make shards: demo data by default, or RAW=<image folder> [LABELS=<csv>] DATASET=<name>.
+DATASET ?= demo
+RAW ?=
+LABELS ?=
+JOBS ?= $(shell nproc)
+DEMO_RAW ?= shards/raw/demo
+DEMO_N ?= 300
+
+.PHONY: install test lint demo shards bench cluster-up cluster-down clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e ".[dev,dali-cuda$(DALI_CUDA)]"
+	@$(MAKE) --no-print-directory pillow-simd
+	@rm -f $(VENV)/.installed-cuda*
+	@touch $@
+
+# pillow-simd replaces Pillow; it is built from source (AVX2 where the CPU has it). A failed
+# build keeps Pillow, which works the same, only slower.
+.PHONY: pillow-simd
+pillow-simd:
+	@if $(PY) -c "import PIL, sys; sys.exit('post' not in PIL.__version__)" 2>/dev/null; then \
+	  echo "pillow-simd already installed"; exit 0; fi; \
+	cc="cc"; grep -qw avx2 /proc/cpuinfo && cc="cc -mavx2"; \
+	rm -rf $(VENV)/pillow-simd-wheel; \
+	if CC="$$cc" $(PIP) wheel -q --no-deps --no-binary pillow-simd -w $(VENV)/pillow-simd-wheel \
+	     "pillow-simd==12.1.1.post0" > $(VENV)/pillow-simd-build.log 2>&1; then \
+	  $(PIP) uninstall -q -y pillow && $(PIP) install -q --no-deps $(VENV)/pillow-simd-wheel/*.whl \
+	  && echo "pillow-simd installed (CC=$$cc)"; \
+	else \
+	  echo "pillow-simd could not be built (log: $(VENV)/pillow-simd-build.log); keeping Pillow."; \
+	  echo "  fix: apt-get install libjpeg62-turbo-dev zlib1g-dev libpng-dev, then make pillow-simd"; \
+	fi
+
+test: install
+	$(PY) -m ruff check ssit launch tests benchmarks
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check ssit launch tests benchmarks
+
+shards: install
+ifeq ($(RAW),)
+	$(VENV)/bin/ssit synth --out $(DEMO_RAW) --n $(DEMO_N) --seed 0
+	$(VENV)/bin/ssit shards --input $(DEMO_RAW) --labels $(DEMO_RAW)/labels.csv \
+	  --out shards/demo --dataset demo --shard-size 100 --jobs $(JOBS)
+else
+	$(VENV)/bin/ssit shards --input $(RAW) $(if $(LABELS),--labels $(LABELS)) \
+	  --out shards/$(DATASET) --dataset $(DATASET) --jobs $(JOBS)
+endif
+
+demo: shards
+	$(VENV)/bin/ssit preview shards/demo --out shards/demo-preview.png --n 16
+	@echo "contact sheet: shards/demo-preview.png"
+
+bench: install
+	$(PY) -m benchmarks.run --out BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) shards/raw shards/demo shards/demo-preview.png

@@ -1,0 +1,50 @@
+"""Run every benchmark and write each one's section into BENCHMARKS.md.
+
+Each module ``benchmarks/<stage>.py`` has ``run() -> str`` returning a markdown section. This
+script replaces the text between ``<!-- bench:<stage> -->`` and ``<!-- /bench:<stage> -->`` in
+the output file and leaves everything else in it as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+
+STAGES = ("prepare", "pipeline", "model", "train")
+
+
+def replace_section(document: str, stage: str, body: str) -> str:
+    """Return ``document`` with the ``stage`` section's body replaced (appended if absent)."""
+    start, end = f"<!-- bench:{stage} -->", f"<!-- /bench:{stage} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(document):
+        return pattern.sub(lambda _: block, document, count=1)
+    return document.rstrip() + "\n\n" + block + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--only", nargs="+", choices=STAGES, default=list(STAGES))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    document = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
+    for stage in args.only:
+        started = time.perf_counter()
+        print(f"== benchmark: {stage}", file=sys.stderr, flush=True)
+        section = importlib.import_module(f"benchmarks.{stage}").run()
+        print(section, flush=True)
+        print(f"== {stage} took {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        document = replace_section(document, stage, section)
+        args.out.write_text(document)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
