@@ -62,12 +62,30 @@ else
 	  --out shards/$(DATASET) --dataset $(DATASET) --jobs $(JOBS)
 endif
 
+# make demo: demo shards, then a short pre-training of the tiny ViT on CPU through the launcher
+# (submitit's local executor, DEMO_TASKS gloo ranks), then a summary of the run.
+DEMO_RUN ?= runs/demo
+DEMO_TASKS ?= 2
+
 demo: shards
 	$(VENV)/bin/ssit preview shards/demo --out shards/demo-preview.png --n 16
 	@echo "contact sheet: shards/demo-preview.png"
+	rm -rf $(DEMO_RUN)
+	$(PY) launch/pretrain.py --local --cpu --tasks-per-node $(DEMO_TASKS) --time 60 \
+	  --config demo_tiny_cpu --output $(DEMO_RUN) data.shards=shards/demo
 
 bench: install
 	$(PY) -m benchmarks.run --out BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) shards/raw shards/demo shards/demo-preview.png
+
+# One-machine SLURM test cluster (root, Debian's slurmctld, slurmd and slurm-client): one
+# controller and two nodes; afterwards `export SLURM_CONF=$(SSIT_CLUSTER_DIR)/slurm.conf`.
+SSIT_CLUSTER_DIR ?= /tmp/ssit-cluster
+
+cluster-up:
+	SSIT_CLUSTER_DIR=$(SSIT_CLUSTER_DIR) slurm/test-cluster/up.sh
+
+cluster-down:
+	SSIT_CLUSTER_DIR=$(SSIT_CLUSTER_DIR) slurm/test-cluster/down.sh

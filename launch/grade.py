@@ -1,0 +1,40 @@
+"""Submit grading jobs (fine-tune, linear probe, kNN) to SLURM through submitit.
+
+    python launch/grade.py --checkpoint runs/ssit/checkpoints/checkpoint-00100000.pt \
+        --dataset aptos2019 messidor2 ddr --data data/aptos data/messidor2 data/ddr \
+        --protocol finetune --partition gpu --time 720
+    python launch/grade.py --checkpoint random --dataset shards --data shards/demo \
+        --protocol knn finetune --cpu --local --config grade_tiny_cpu
+    python launch/grade.py --summarize runs/grade-20261122-101500
+
+Each (dataset, protocol) pair is one job with one GPU, all submitted as one job array; the
+launcher waits and prints a summary table (also written to summary.json and summary.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ssit.cluster.executor import LaunchError
+from ssit.config import ConfigError
+from ssit.evaluate.submit import add_grade_arguments, launch_grading
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_grade_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return launch_grading(args)
+    except (ConfigError, LaunchError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

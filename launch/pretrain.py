@@ -1,0 +1,35 @@
+"""Submit SSiT pre-training to SLURM through submitit (or run it here with --local).
+
+    python launch/pretrain.py --nodes 4 --partition gpu --time 1440 --output runs/ssit-vits16
+    python launch/pretrain.py --local --cpu --config demo_tiny_cpu --output runs/demo
+    python launch/pretrain.py --nodes 2 --dry-run optim.lr=5e-4
+
+Resubmitting with the same --output resumes the run from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ssit.cluster.executor import LaunchError
+from ssit.cluster.submit import add_pretrain_arguments, launch_pretrain
+from ssit.config import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+    )
+    add_pretrain_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return launch_pretrain(args)
+    except (ConfigError, LaunchError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

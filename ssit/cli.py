@@ -1,0 +1,177 @@
+"""The ``ssit`` command: one subcommand per pipeline step.
+
+A subcommand is a :class:`Subcommand` in :data:`SUBCOMMANDS`: a function that adds its options
+to an ``argparse`` parser, a function that runs it, and the exception types that mean "bad
+input" (reported as one ``error: ...`` line with exit status 2, no traceback). Heavy imports
+happen inside the run functions so that ``ssit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
+
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``ssit <name>`` subcommand."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    user_errors: Callable[[], tuple[type[BaseException], ...]]
+    """Returns the exception types that are the user's fault (imported lazily)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _prepare_errors() -> tuple[type[BaseException], ...]:
+    from ssit.prepare.decode import BadImageError
+    from ssit.prepare.shards import PrepareError
+
+    return PrepareError, BadImageError
+
+
+# ---------------------------------------------------------------- ssit synth
+
+
+def _synth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="folder for images + labels.csv")
+    parser.add_argument("--n", type=positive_int, default=300, help="number of images (300)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--height", type=positive_int, nargs=2, default=(600, 1200),
+                        metavar=("MIN", "MAX"), help="image height range in pixels (600 1200)")
+    parser.add_argument("--jobs", type=positive_int, default=None,
+                        help="worker processes (default: all available cores)")
+
+
+def _synth_run(args: argparse.Namespace) -> int:
+    from ssit.prepare.shards import PrepareError
+    from ssit.prepare.synth import synthesize
+
+    low, high = args.height
+    if not 128 <= low <= high:
+        raise PrepareError(f"--height needs 128 <= MIN <= MAX, got {low} {high}")
+    if args.out.exists() and not args.out.is_dir():
+        raise PrepareError(f"--out exists and is not a folder: {args.out}")
+    labels = synthesize(args.out, args.n, args.seed, height_range=(low, high), jobs=args.jobs)
+    print(f"wrote {args.n} images and {labels}")
+    return 0
+
+
+# ---------------------------------------------------------------- ssit shards
+
+
+def _shards_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, required=True,
+                        help="folder of fundus photographs (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, help="output shard folder")
+    parser.add_argument("--labels", type=Path, default=None,
+                        help="CSV with header image,level (EyePACS trainLabels.csv format)")
+    parser.add_argument("--dataset", default="eyepacs",
+                        help="dataset name, used in shard names (eyepacs)")
+    parser.add_argument("--shard-size", type=positive_int, default=1000,
+                        help="samples per shard (1000)")
+    parser.add_argument("--jobs", type=positive_int, default=None,
+                        help="worker processes (default: all available cores)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample order (0)")
+
+
+def _shards_run(args: argparse.Namespace) -> int:
+    from ssit.prepare.shards import write_shards
+
+    report = write_shards(
+        args.input,
+        args.out,
+        labels=args.labels,
+        dataset=args.dataset,
+        shard_size=args.shard_size,
+        jobs=args.jobs,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    print(report.summary())
+    return 0
+
+
+# ---------------------------------------------------------------- ssit preview
+
+
+def _preview_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shard_dir", type=Path, help="shard folder (or a glob of .tar files)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--n", type=positive_int, default=16, help="number of samples (16)")
+
+
+def _preview_run(args: argparse.Namespace) -> int:
+    from ssit.prepare.preview import write_preview
+
+    shown = write_preview(args.shard_dir, args.out, n=args.n)
+    print(f"wrote {args.out} ({shown} samples)")
+    return 0
+
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("synth", "write synthetic graded fundus photographs and labels.csv",
+               _synth_arguments, _synth_run, _prepare_errors),
+    Subcommand("shards", "crop photographs, compute saliency maps and write WebDataset shards",
+               _shards_arguments, _shards_run, _prepare_errors),
+    Subcommand("preview", "draw a contact sheet of shard samples with their saliency maps",
+               _preview_arguments, _preview_run, _prepare_errors),
+]
+
+
+def build_parser(subcommands: Sequence[Subcommand] = SUBCOMMANDS) -> argparse.ArgumentParser:
+    """The ``ssit`` argument parser with one subparser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="ssit", description="Saliency-guided self-supervised pre-training for DR grading."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for subcommand in subcommands:
+        sub = commands.add_parser(subcommand.name, help=subcommand.help,
+                                  description=subcommand.help)
+        subcommand.add_arguments(sub)
+        sub.set_defaults(subcommand=subcommand)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ssit`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    subcommand: Subcommand = args.subcommand
+    try:
+        return subcommand.run(args)
+    except subcommand.user_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

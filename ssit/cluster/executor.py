@@ -1,0 +1,211 @@
+"""SLURM options shared by every launcher, and the submitit executor built from them.
+
+Launchers add the site options with :func:`add_slurm_arguments` and decide the resources of their
+job themselves (nodes, tasks, GPUs, CPUs); :func:`make_executor` turns both into a submitit
+executor (SLURM, or the local executor with ``--local``) and :func:`sbatch_preview` renders the
+sbatch script such an executor would submit, for ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
+# Seconds between SLURM's warning signal and the end of the time limit: time to stop at a step
+# boundary, write a checkpoint and requeue.
+DEFAULT_SIGNAL_DELAY_S = 120
+DEFAULT_TIME_MIN = 24 * 60
+DEFAULT_MAX_REQUEUES = 20
+
+
+class LaunchError(ValueError):
+    """A job that cannot be launched as asked; the message is one line meant for the user."""
+
+
+def add_slurm_arguments(
+    parser: argparse.ArgumentParser, *, default_time_min: int = DEFAULT_TIME_MIN
+) -> None:
+    """Add the site options every launcher shares (partition, account, time limit, ...)."""
+    group = parser.add_argument_group("cluster")
+    group.add_argument("--partition", help="SLURM partition")
+    group.add_argument("--account", help="SLURM account to charge")
+    group.add_argument("--qos", help="SLURM quality of service")
+    group.add_argument("--constraint", help="SLURM node feature constraint, e.g. a100")
+    group.add_argument(
+        "--time", type=_positive_int, default=default_time_min, metavar="MIN",
+        help=f"time limit of one allocation in minutes (default: {default_time_min})",
+    )
+    group.add_argument(
+        "--mem-gb", type=_positive_float, metavar="GB", help="memory per node (default: the site's)"
+    )
+    group.add_argument(
+        "--signal-delay", type=_positive_int, default=DEFAULT_SIGNAL_DELAY_S, metavar="S",
+        help="seconds before the time limit at which the job is told to checkpoint and requeue "
+        f"(default: {DEFAULT_SIGNAL_DELAY_S})",
+    )
+    group.add_argument(
+        "--max-requeues", type=_non_negative_int, default=DEFAULT_MAX_REQUEUES, metavar="N",
+        help="requeues after hitting the time limit before the job gives up "
+        f"(preemptions do not count; default: {DEFAULT_MAX_REQUEUES})",
+    )
+    group.add_argument(
+        "--local", action="store_true",
+        help="run on this machine through submitit's local executor instead of SLURM",
+    )
+    group.add_argument(
+        "--dry-run", action="store_true", help="print the sbatch script that would be submitted"
+    )
+
+
+def slurm_parameters(
+    args: argparse.Namespace,
+    *,
+    name: str,
+    nodes: int,
+    tasks_per_node: int,
+    gpus_per_node: int = 0,
+    cpus_per_task: int | None = None,
+    setup: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Return submitit's SLURM parameters for a job with these resources and ``args``'s options."""
+    _check_resources(nodes, tasks_per_node, gpus_per_node, cpus_per_task)
+    parameters: dict[str, Any] = {
+        "job_name": name,
+        "nodes": nodes,
+        "ntasks_per_node": tasks_per_node,
+        "time": args.time,
+        "signal_delay_s": args.signal_delay,
+        # A task that exits with an error ends the whole step at once, so no rank waits for a
+        # dead peer; srun names the failed task (= global rank) in the job's error log.
+        "srun_args": ["--kill-on-bad-exit=1"],
+        "additional_parameters": {"requeue": True},
+    }
+    if gpus_per_node:
+        parameters["gpus_per_node"] = gpus_per_node
+    if cpus_per_task:
+        parameters["cpus_per_task"] = cpus_per_task
+    if args.mem_gb:
+        parameters["mem"] = _memory(args.mem_gb)
+    for option in ("partition", "account", "qos", "constraint"):
+        value = getattr(args, option)
+        if value:
+            parameters[option] = value
+    if setup:
+        parameters["setup"] = list(setup)
+    return parameters
+
+
+def make_executor(
+    args: argparse.Namespace,
+    folder: str | Path,
+    *,
+    name: str,
+    nodes: int = 1,
+    tasks_per_node: int = 1,
+    gpus_per_node: int = 0,
+    cpus_per_task: int | None = None,
+    setup: Sequence[str] = (),
+) -> submitit.Executor:
+    """Build the executor for one job: SLURM, or submitit's local executor with ``args.local``.
+
+    ``folder`` receives submitit's pickles and the per-task logs (``%j_%t_log.out/err``).
+    """
+    if args.local:
+        _check_resources(nodes, tasks_per_node, gpus_per_node, cpus_per_task)
+        if nodes != 1:
+            raise LaunchError(f"--local runs on this machine only; use --nodes 1 (got {nodes})")
+        local = submitit.LocalExecutor(folder=folder, max_num_timeout=args.max_requeues)
+        local.update_parameters(
+            timeout_min=args.time,
+            tasks_per_node=tasks_per_node,
+            gpus_per_node=gpus_per_node,
+            signal_delay_s=args.signal_delay,
+            setup=list(setup),
+        )
+        return local
+    parameters = slurm_parameters(
+        args, name=name, nodes=nodes, tasks_per_node=tasks_per_node,
+        gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, setup=setup,
+    )
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise LaunchError("SLURM's sbatch/srun are not on PATH; use --local to run on this machine")
+    slurm = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeues)
+    slurm.update_parameters(**parameters)
+    return slurm
+
+
+def sbatch_preview(
+    args: argparse.Namespace,
+    folder: str | Path,
+    *,
+    name: str,
+    nodes: int = 1,
+    tasks_per_node: int = 1,
+    gpus_per_node: int = 0,
+    cpus_per_task: int | None = None,
+    setup: Sequence[str] = (),
+) -> str:
+    """Return the sbatch script :func:`make_executor` would submit (works without SLURM)."""
+    parameters = slurm_parameters(
+        args, name=name, nodes=nodes, tasks_per_node=tasks_per_node,
+        gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, setup=setup,
+    )
+    folder = Path(folder).expanduser().absolute()
+    command = " ".join(
+        [shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
+    )
+    return _make_sbatch_string(command=command, folder=folder, **parameters)
+
+
+def _check_resources(
+    nodes: int, tasks_per_node: int, gpus_per_node: int, cpus_per_task: int | None
+) -> None:
+    if nodes < 1:
+        raise LaunchError(f"--nodes must be at least 1, got {nodes}")
+    if tasks_per_node < 1:
+        raise LaunchError(f"tasks per node must be at least 1, got {tasks_per_node}")
+    if gpus_per_node < 0:
+        raise LaunchError(f"--gpus-per-node must not be negative, got {gpus_per_node}")
+    if cpus_per_task is not None and cpus_per_task < 1:
+        raise LaunchError(f"--cpus-per-task must be at least 1, got {cpus_per_task}")
+
+
+def _memory(gigabytes: float) -> str:
+    if gigabytes == int(gigabytes):
+        return f"{int(gigabytes)}GB"
+    return f"{int(gigabytes * 1024)}MB"
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value

@@ -1,0 +1,301 @@
+"""Submitting the pre-training job: options, checks before submission, and what to tell the user.
+
+:func:`plan_pretrain` turns the command-line options into a :class:`PretrainPlan` (the config
+loaded and fully validated for the job's world size, the run folder, the resources), raising
+:class:`~ssit.config.ConfigError` or :class:`~ssit.cluster.executor.LaunchError` with one line
+before anything is submitted. :func:`launch_pretrain` then prints the sbatch script
+(``--dry-run``), submits to SLURM, or runs through submitit's local executor and waits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from ssit.cluster.executor import (
+    LaunchError,
+    add_slurm_arguments,
+    make_executor,
+    sbatch_preview,
+)
+from ssit.cluster.job import PretrainJob
+from ssit.config import ConfigError, config_to_dict, load_config
+from ssit.train.config import PretrainConfig, config_fields_differing, validate_pretrain_config
+from ssit.train.distributed import DEFAULT_TIMEOUT_S
+from ssit.train.engine import RESUME_LOCKED_KEYS
+
+DEFAULT_CONFIG = "ssit_vits16_eyepacs"
+DEFAULT_GPUS_PER_NODE = 8
+JOB_NAME = "ssit-pretrain"
+
+
+@dataclass(frozen=True)
+class PretrainPlan:
+    """A checked pre-training job: what runs, where its files go, and on what resources."""
+
+    config: PretrainConfig
+    run_dir: Path
+    nodes: int
+    tasks_per_node: int
+    gpus_per_node: int
+    cpus_per_task: int
+    resume: bool
+
+    @property
+    def world_size(self) -> int:
+        """Number of ranks (tasks) of the job."""
+        return self.nodes * self.tasks_per_node
+
+    @property
+    def log_dir(self) -> Path:
+        """Where submitit keeps the job's pickles and per-task console logs."""
+        return self.run_dir / "submitit"
+
+
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option of the pre-training launcher to ``parser``."""
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG,
+        help=f"YAML file or packaged config name (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--output", type=Path,
+        help="run folder (default: runs/pretrain-<config>-<time>); an existing run resumes",
+    )
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (default: 1)")
+    parser.add_argument(
+        "--gpus-per-node", type=int, default=DEFAULT_GPUS_PER_NODE,
+        help=f"GPUs per node, one task each (default: {DEFAULT_GPUS_PER_NODE})",
+    )
+    parser.add_argument(
+        "--cpu", action="store_true", help="CPU processes and gloo instead of GPUs and NCCL"
+    )
+    parser.add_argument(
+        "--tasks-per-node", type=int, help="CPU processes per node with --cpu (default: 1)"
+    )
+    parser.add_argument(
+        "--cpus-per-task", type=int,
+        help="CPU cores per task (default: data.num_threads, plus 2 per GPU task)",
+    )
+    parser.add_argument(
+        "--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+        help="seconds a rank waits for its peers before the job fails "
+        f"(default: {DEFAULT_TIMEOUT_S:g})",
+    )
+    add_slurm_arguments(parser)
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=5e-4"
+    )
+
+
+def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
+    """Load and validate everything the job needs; raise ConfigError/LaunchError (one line)."""
+    config = load_config(PretrainConfig, args.config, args.overrides)
+    cpu = args.cpu or config.device == "cpu"
+    if cpu:
+        config = dataclasses.replace(config, device="cpu")
+        tasks_per_node, gpus_per_node = args.tasks_per_node or 1, 0
+    else:
+        if args.tasks_per_node is not None:
+            raise LaunchError("--tasks-per-node applies to --cpu runs; GPU runs use one task "
+                              "per GPU (--gpus-per-node)")
+        if args.gpus_per_node < 1:
+            raise LaunchError(f"--gpus-per-node must be at least 1 (got {args.gpus_per_node}); "
+                              "use --cpu for a run without GPUs")
+        tasks_per_node, gpus_per_node = args.gpus_per_node, args.gpus_per_node
+    if args.nodes < 1 or tasks_per_node < 1:
+        raise LaunchError(f"need at least one node and one task per node, got --nodes "
+                          f"{args.nodes} and {tasks_per_node} tasks per node")
+    if args.local and args.nodes != 1:
+        raise LaunchError(f"--local runs on this machine only; use --nodes 1 (got {args.nodes})")
+    if args.dist_timeout <= 0:
+        raise LaunchError(f"--dist-timeout must be positive, got {args.dist_timeout:g}")
+    config = _with_absolute_shards(config)
+    validate_pretrain_config(config, args.nodes * tasks_per_node)
+
+    run_dir = (args.output or _default_run_dir(args.config)).expanduser().absolute()
+    resume = _check_resumable(run_dir, config)
+    cpus_per_task = args.cpus_per_task
+    if cpus_per_task is None:
+        cpus_per_task = config.data.num_threads if cpu else config.data.num_threads + 2
+    if cpus_per_task < 1:
+        raise LaunchError(f"--cpus-per-task must be at least 1, got {cpus_per_task}")
+    return PretrainPlan(config, run_dir, args.nodes, tasks_per_node, gpus_per_node,
+                        cpus_per_task, resume)
+
+
+def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Dry-run, submit or run locally the job ``args`` describe; return the exit status."""
+    plan = plan_pretrain(args)
+    resources = {
+        "name": JOB_NAME,
+        "nodes": plan.nodes,
+        "tasks_per_node": plan.tasks_per_node,
+        "gpus_per_node": plan.gpus_per_node,
+        "cpus_per_task": plan.cpus_per_task,
+    }
+    where = f"{plan.nodes} node(s) x {plan.tasks_per_node} task(s)"
+    if args.dry_run:
+        if args.local:
+            out.write(f"# would run {plan.tasks_per_node} local task(s) into {plan.run_dir}\n")
+            return 0
+        out.write(f"# sbatch script for {where} ({plan.world_size} ranks); nothing submitted\n")
+        out.write(f"# run folder: {plan.run_dir}\n")
+        out.write(sbatch_preview(args, plan.log_dir, **resources))
+        return 0
+
+    executor = make_executor(args, plan.log_dir, **resources)
+    job_callable = PretrainJob(plan.config, plan.run_dir, timeout_s=args.dist_timeout)
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    # Local tasks inherit an ignored SIGINT: Ctrl-C reaches them only through their own
+    # handler (which saves a checkpoint), never as a KeyboardInterrupt in submitit's controller.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if args.local else None
+    try:
+        job = executor.submit(job_callable)
+    except Exception as error:  # submitit wraps sbatch's refusal in several exception types
+        raise LaunchError(f"submission failed: {_last_line(error)}") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    action = "resuming" if plan.resume else "starting"
+    out.write(f"{action} pre-training in {plan.run_dir}\n")
+    out.write(f"job id: {job.job_id} ({where}, {plan.config.device})\n")
+    out.write(f"output folder: {plan.run_dir}\n")
+    out.write(f"follow the log: tail -f {plan.run_dir / 'log.txt'}\n")
+    out.write(f"console of rank 0: {job.paths.stdout} and {job.paths.stderr}\n")
+    out.write(f"resume after a failure: the same command with --output {plan.run_dir}\n")
+    out.flush()
+    if not args.local:
+        return 0
+    return _wait_local(job, plan, out)
+
+
+def format_summary(run_dir: Path) -> str:
+    """A few lines on a completed run: loss at start and end, checkpoint, logs."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    lines = [f"pre-training completed: {summary['steps']} steps on {summary['world_size']} "
+             f"rank(s), {summary['elapsed_s']:.1f} s of training"]
+    first, last = summary.get("first_losses") or {}, summary.get("last_losses") or {}
+    for key, label in (("loss", "loss"), ("loss_cl", "contrastive"), ("loss_ss", "saliency")):
+        if key in first and key in last:
+            trend = "falling" if last[key] < first[key] else "not falling"
+            lines.append(f"  {label:<12} {first[key]:.4f} -> {last[key]:.4f} ({trend})")
+    lines += [
+        f"final checkpoint: {summary['final_checkpoint']}",
+        f"log: {summary['log']}",
+        f"tensorboard: tensorboard --logdir {summary['tensorboard']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _wait_local(job: Any, plan: PretrainPlan, out: TextIO) -> int:
+    """Follow rank 0's console while the local job runs; Ctrl-C stops it with a checkpoint."""
+    follower = _LogFollower([(job.paths.stdout, out), (job.paths.stderr, sys.stderr)])
+    stopping = False
+    while not job.done():
+        try:
+            follower.poll()
+            time.sleep(0.5)
+        except KeyboardInterrupt:
+            if stopping:
+                raise
+            stopping = True
+            out.write("\nstopping: every rank saves a checkpoint first (Ctrl-C again to "
+                      "abandon)\n")
+            # The local job id is the pid of submitit's controller; it forwards SIGTERM.
+            os.kill(int(job.job_id), signal.SIGTERM)
+    follower.poll()
+    if (plan.run_dir / "summary.json").is_file() and not stopping:
+        out.write(format_summary(plan.run_dir))
+        return 0
+    if stopping:
+        out.write(f"stopped; resume with --output {plan.run_dir}\n")
+        return 1
+    out.write(f"the job failed; see {job.paths.stderr} and {plan.run_dir / 'log.txt'}\n")
+    return 1
+
+
+class _LogFollower:
+    """Copies what is appended to some files onto streams (like ``tail -f``)."""
+
+    def __init__(self, pairs: list[tuple[Path, TextIO]]) -> None:
+        self.pairs = pairs
+        self.offsets = [0] * len(pairs)
+
+    def poll(self) -> None:
+        for index, (path, stream) in enumerate(self.pairs):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as source:
+                    source.seek(self.offsets[index])
+                    text = source.read()
+                    self.offsets[index] = source.tell()
+            except FileNotFoundError:
+                continue
+            if text:
+                stream.write(text)
+                stream.flush()
+
+
+def _with_absolute_shards(config: PretrainConfig) -> PretrainConfig:
+    """Make a relative shard path absolute: the job may start in another directory."""
+    shards = config.data.shards
+    if os.path.isabs(shards):
+        return config
+    data = dataclasses.replace(config.data, shards=os.path.abspath(shards))
+    return dataclasses.replace(config, data=data)
+
+
+def _default_run_dir(config_name: str | Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"pretrain-{Path(config_name).stem}-{stamp}"
+
+
+def _check_resumable(run_dir: Path, config: PretrainConfig) -> bool:
+    """True when ``run_dir`` holds a run this config may resume; raise if it may not."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        if run_dir.exists() and not run_dir.is_dir():
+            raise LaunchError(f"--output {run_dir} exists and is not a folder")
+        return False
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise LaunchError(f"cannot read the config of the run in {run_dir}: "
+                          f"{_last_line(error)}") from None
+    differing = config_fields_differing(saved, config_to_dict(config))
+    locked = [key for key in differing if key.startswith(RESUME_LOCKED_KEYS)]
+    if locked:
+        raise LaunchError(
+            f"{run_dir} holds a run with different {', '.join(locked)}; use another --output "
+            "or the same settings to resume it"
+        )
+    return True
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+__all__ = [
+    "ConfigError",
+    "LaunchError",
+    "PretrainPlan",
+    "add_pretrain_arguments",
+    "format_summary",
+    "launch_pretrain",
+    "plan_pretrain",
+]

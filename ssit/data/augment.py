@@ -1,0 +1,300 @@
+"""The SSiT view augmentations as DALI operator graphs (SPEC section 1).
+
+Every function here is called while a DALI pipeline is being defined: it takes data nodes and
+returns data nodes. Images are HWC uint8 RGB, saliency maps HWC uint8 with one channel. The
+geometric functions take the image and its map together and draw their random parameters once,
+so both receive exactly the same crop window, rotation angle and flips.
+
+Random application is arithmetic: an operator whose probability is 0 is left out of the graph,
+one with probability 1 always runs, and one in between runs on every sample with parameters
+blended towards the identity by a coin flip (identity colour twist, one-tap blur, zero angle).
+This keeps the graph free of conditionals and exact: the identity parameters reproduce the input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nvidia.dali import fn, types
+from nvidia.dali import math as dmath
+from nvidia.dali.data_node import DataNode
+
+EYEPACS_MEAN: tuple[float, float, float] = (0.4258, 0.2974, 0.2129)
+EYEPACS_STD: tuple[float, float, float] = (0.2767, 0.2024, 0.1686)
+
+
+_PROBABILITIES = (
+    "jitter_p",
+    "grayscale_p",
+    "blur_p",
+    "solarize_p",
+    "rotation_p",
+    "hflip_p",
+    "vflip_p",
+)
+
+
+class AugmentationConfigError(ValueError):
+    """An augmentation parameter is out of its valid range."""
+
+
+@dataclass(frozen=True)
+class ViewAugmentation:
+    """Parameters of one view's augmentation; probabilities are in [0, 1].
+
+    `hue` is a fraction of the hue circle as in torchvision's ColorJitter (0.1 = +-36 degrees);
+    `rotation_degrees` bounds the uniform rotation angle on both sides.
+    """
+
+    crop_scale: tuple[float, float]
+    blur_p: float
+    solarize_p: float
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_threshold: int = 128
+    rotation_p: float = 0.8
+    rotation_degrees: float = 180.0
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in _PROBABILITIES:
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise AugmentationConfigError(f"{name} must be in [0, 1], got {value}")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise AugmentationConfigError(
+                f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}"
+            )
+        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise AugmentationConfigError(f"crop_ratio must be increasing, got {self.crop_ratio}")
+        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise AugmentationConfigError(f"blur_sigma must be increasing, got {self.blur_sigma}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise AugmentationConfigError(
+                    f"{name} must be in [0, 1), got {getattr(self, name)}"
+                )
+        if not 0.0 <= self.hue <= 0.5:
+            raise AugmentationConfigError(f"hue must be in [0, 0.5], got {self.hue}")
+        if not 0 <= self.solarize_threshold <= 256:
+            raise AugmentationConfigError(
+                f"solarize_threshold must be in [0, 256], got {self.solarize_threshold}"
+            )
+
+
+VIEW1 = ViewAugmentation(crop_scale=(0.08, 0.8), blur_p=1.0, solarize_p=0.0)
+VIEW2 = ViewAugmentation(crop_scale=(0.8, 1.0), blur_p=0.1, solarize_p=0.2)
+
+
+def coin(p: float) -> DataNode:
+    """A per-sample float 0/1 that is 1 with probability `p`."""
+    return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
+
+
+def uniform(lo: float, hi: float) -> DataNode | float:
+    """A per-sample float drawn uniformly from [lo, hi) (the constant itself when lo == hi)."""
+    if lo == hi:
+        return float(lo)
+    return fn.random.uniform(range=[lo, hi], dtype=types.FLOAT)
+
+
+def gated(p: float, value: DataNode | float, identity: float) -> DataNode | float:
+    """`value` with probability `p`, else `identity` (resolved at graph level for p = 0 or 1)."""
+    if p >= 1.0:
+        return value
+    if p <= 0.0:
+        return identity
+    return identity + coin(p) * (value - identity)
+
+
+def resized_crop_pair(
+    image: DataNode,
+    saliency: DataNode,
+    image_shape: DataNode,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[DataNode, DataNode]:
+    """Random resized crop with one window for the image and its map, both resized bilinearly.
+
+    The window is drawn as torchvision's RandomResizedCrop draws it (area fraction in `scale`,
+    log-uniform aspect ratio in `ratio`, ten attempts, then a centred fallback) and is applied
+    in relative coordinates, so a map stored at another resolution still lines up.
+    """
+    anchor, extent = fn.random_crop_generator(
+        image_shape, random_area=list(scale), random_aspect_ratio=list(ratio)
+    )
+    hw = fn.cast(fn.slice(image_shape, 0, 2, axes=[0]), dtype=types.FLOAT)
+    start = fn.cast(anchor, dtype=types.FLOAT) / hw
+    end = fn.cast(anchor + extent, dtype=types.FLOAT) / hw
+    resize = {
+        "size": [size, size],
+        "roi_start": start,
+        "roi_end": end,
+        "roi_relative": True,
+        "interp_type": types.INTERP_LINEAR,
+        "antialias": True,
+    }
+    return fn.resize(image, **resize), fn.resize(saliency, **resize)
+
+
+def colour_jitter_grayscale(image: DataNode, aug: ViewAugmentation) -> DataNode:
+    """Colour jitter (with `jitter_p`) followed by grayscale (with `grayscale_p`) in one twist.
+
+    Brightness, contrast and saturation factors are uniform in [1 - x, 1 + x], the hue shift
+    uniform in +-`hue` of the circle. Grayscale sets the saturation to zero, which leaves the
+    luma 0.299 R + 0.587 G + 0.114 B in all three channels, as torchvision's Grayscale does.
+    """
+    if aug.jitter_p <= 0.0 and aug.grayscale_p <= 0.0:
+        return image
+    twist: dict[str, DataNode | float] = {}
+    if aug.jitter_p > 0.0:
+        if aug.jitter_p < 1.0:
+            apply = coin(aug.jitter_p)
+
+            def jittered(value: DataNode, identity: float) -> DataNode:
+                return identity + apply * (value - identity)
+        else:
+
+            def jittered(value: DataNode, identity: float) -> DataNode:
+                return value
+
+        twist["brightness"] = jittered(uniform(1 - aug.brightness, 1 + aug.brightness), 1.0)
+        twist["contrast"] = jittered(uniform(1 - aug.contrast, 1 + aug.contrast), 1.0)
+        twist["saturation"] = jittered(uniform(1 - aug.saturation, 1 + aug.saturation), 1.0)
+        hue_degrees = 360.0 * aug.hue
+        twist["hue"] = jittered(uniform(-hue_degrees, hue_degrees), 0.0)
+    if aug.grayscale_p > 0.0:
+        keep_colour = 1.0 - gated(aug.grayscale_p, 1.0, 0.0)
+        twist["saturation"] = twist.get("saturation", 1.0) * keep_colour
+    return fn.color_twist(image, **twist)
+
+
+def gaussian_blur(image: DataNode, aug: ViewAugmentation) -> DataNode:
+    """Gaussian blur with sigma uniform in `blur_sigma`, applied with probability `blur_p`.
+
+    The kernel radius is ceil(3 sigma); a skipped sample gets a one-tap kernel (the identity).
+    """
+    if aug.blur_p <= 0.0:
+        return image
+    sigma = uniform(*aug.blur_sigma)
+    if isinstance(sigma, DataNode):
+        window = gated(aug.blur_p, 2.0 * dmath.ceil(3.0 * sigma) + 1.0, 1.0)
+    else:
+        window = gated(aug.blur_p, 2.0 * math.ceil(3.0 * sigma) + 1.0, 1.0)
+    if isinstance(window, DataNode):
+        window = fn.cast(window, dtype=types.INT32)
+    return fn.gaussian_blur(image, sigma=sigma, window_size=window)
+
+
+def solarize(image: DataNode, aug: ViewAugmentation) -> DataNode:
+    """Solarize (x >= threshold -> 255 - x) with probability `solarize_p`, by arithmetic."""
+    if aug.solarize_p <= 0.0:
+        return image
+    x = fn.cast(image, dtype=types.INT16)
+    inverted = x >= aug.solarize_threshold
+    if aug.solarize_p < 1.0:
+        apply = fn.random.coin_flip(probability=aug.solarize_p, dtype=types.UINT8)
+        inverted = inverted * (apply.gpu() if image.device == "gpu" else apply)
+    return fn.cast(x + inverted * (255 - 2 * x), dtype=types.UINT8)
+
+
+def rotate_flip_pair(
+    image: DataNode, saliency: DataNode, size: int, aug: ViewAugmentation
+) -> tuple[DataNode, DataNode]:
+    """Rotation (uniform angle, with `rotation_p`) and h/v flips, identical on image and map.
+
+    All three are composed into one affine transform about the image centre and resampled
+    once, bilinearly, keeping the size and filling with 0 outside the source.
+    """
+    if aug.rotation_p <= 0.0 and aug.hflip_p <= 0.0 and aug.vflip_p <= 0.0:
+        return image, saliency
+    centre = [size / 2.0, size / 2.0]
+    angle = gated(aug.rotation_p, uniform(-aug.rotation_degrees, aug.rotation_degrees), 0.0)
+    sx = 1.0 - 2.0 * gated(aug.hflip_p, 1.0, 0.0)
+    sy = 1.0 - 2.0 * gated(aug.vflip_p, 1.0, 0.0)
+    flips = fn.transforms.scale(scale=_pair(sx, sy), center=centre)
+    matrix = fn.transforms.rotation(flips, angle=_as_node(angle), center=centre)
+    warp = {
+        "matrix": matrix,
+        "size": [size, size],
+        "fill_value": 0,
+        "interp_type": types.INTERP_LINEAR,
+        "inverse_map": False,
+    }
+    return fn.warp_affine(image, **warp), fn.warp_affine(saliency, **warp)
+
+
+def normalise_image(image: DataNode, mean: tuple[float, ...], std: tuple[float, ...]) -> DataNode:
+    """uint8 HWC -> float32 CHW, (x / 255 - mean) / std per channel."""
+    return fn.crop_mirror_normalize(
+        image,
+        dtype=types.FLOAT,
+        output_layout="CHW",
+        mean=[255.0 * m for m in mean],
+        std=[255.0 * s for s in std],
+    )
+
+
+def saliency_to_unit(saliency: DataNode) -> DataNode:
+    """uint8 HWC (one channel) -> float32 CHW in [0, 1]."""
+    return fn.crop_mirror_normalize(
+        saliency, dtype=types.FLOAT, output_layout="CHW", mean=[0.0], std=[255.0]
+    )
+
+
+def augment_view(
+    image: DataNode,
+    saliency: DataNode,
+    image_shape: DataNode,
+    aug: ViewAugmentation,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> tuple[DataNode, DataNode]:
+    """One SSiT view: the SPEC table's steps in order, then normalisation."""
+    image, saliency = resized_crop_pair(
+        image, saliency, image_shape, size, aug.crop_scale, aug.crop_ratio
+    )
+    image = colour_jitter_grayscale(image, aug)
+    image = gaussian_blur(image, aug)
+    image = solarize(image, aug)
+    image, saliency = rotate_flip_pair(image, saliency, size, aug)
+    return normalise_image(image, mean, std), saliency_to_unit(saliency)
+
+
+def _as_node(value: DataNode | float) -> DataNode:
+    return value if isinstance(value, DataNode) else types.Constant(float(value), dtype=types.FLOAT)
+
+
+def _pair(a: DataNode | float, b: DataNode | float) -> DataNode | list[float]:
+    if not isinstance(a, DataNode) and not isinstance(b, DataNode):
+        return [float(a), float(b)]
+    return fn.stack(_as_node(a), _as_node(b))
+
+
+__all__ = [
+    "EYEPACS_MEAN",
+    "EYEPACS_STD",
+    "VIEW1",
+    "VIEW2",
+    "AugmentationConfigError",
+    "ViewAugmentation",
+    "augment_view",
+    "colour_jitter_grayscale",
+    "gaussian_blur",
+    "normalise_image",
+    "resized_crop_pair",
+    "rotate_flip_pair",
+    "saliency_to_unit",
+    "solarize",
+]

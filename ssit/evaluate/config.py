@@ -1,0 +1,165 @@
+"""GradeConfig: every setting of a grading job, with the paper's values as defaults.
+
+Protocol-dependent optimiser settings (learning rate, weight decay) default to ``None``, which
+means "the protocol's value from SPEC section 5": fine-tuning Adam lr 2e-5 with weight decay
+1e-5, linear probe lr 2e-3 without decay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ssit.evaluate.metrics import REGRESSION_THRESHOLDS
+
+DATASETS = ("eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards")
+PROTOCOLS = ("finetune", "linear", "knn")
+EYEPACS_MEAN = (0.4258, 0.2974, 0.2129)
+EYEPACS_STD = (0.2767, 0.2024, 0.1686)
+
+Dataset = Literal["eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards"]
+Protocol = Literal["finetune", "linear", "knn"]
+
+
+@dataclass
+class EncoderConfig:
+    """Which backbone to grade and at what input size."""
+
+    checkpoint: str = "random"  # SSiT checkpoint, exported .safetensors file, or "random"
+    arch: str = "vit_small_patch16_224"
+    branch: Literal["query", "momentum"] = "query"
+    img_size: int = 384
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm create_model kwargs
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("encoder.checkpoint is empty (give a checkpoint path or 'random')")
+        if self.img_size < 16:
+            raise ValueError(f"encoder.img_size must be at least 16, got {self.img_size}")
+
+
+@dataclass
+class DataConfig:
+    """Where the labelled images are and how they are split."""
+
+    dataset: Dataset = "shards"
+    path: str = ""
+    cache_dir: str = ""  # crop cache for raw datasets; empty: ~/.cache/ssit/crops
+    split_seed: int = 0
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    split_file: str = ""  # reuse a split.csv written by an earlier run
+    num_workers: int = 4
+    mean: list[float] = field(default_factory=lambda: list(EYEPACS_MEAN))
+    std: list[float] = field(default_factory=lambda: list(EYEPACS_STD))
+
+    def __post_init__(self) -> None:
+        fractions = self.split_fractions
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(
+                f"data.split_fractions must be three non-negative numbers summing to 1, "
+                f"got {fractions}"
+            )
+        if min(fractions[0], fractions[2]) <= 0:
+            raise ValueError("data.split_fractions needs a non-empty train and test part")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("data.mean and data.std need three values each, std positive")
+        if self.num_workers < 0:
+            raise ValueError("data.num_workers must be >= 0")
+
+
+@dataclass
+class AugmentConfig:
+    """Light augmentation for fine-tuning and linear probing."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    hflip: float = 0.5
+    vflip: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.1
+    hue: float = 0.02
+    rotation: float = 180.0  # degrees, uniform in [-rotation, rotation]
+    translate: float = 0.05  # fraction of the image side
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {[lo, hi]}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"augment.crop_ratio must be increasing, got {self.crop_ratio}")
+        for name in ("hflip", "vflip"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"augment.{name} is a probability in [0, 1]")
+        if not 0 <= self.translate < 0.5:
+            raise ValueError("augment.translate must be in [0, 0.5)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the fine-tuning and linear-probe protocols."""
+
+    protocol: Protocol = "finetune"
+    epochs: int = 25
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float | None = None  # None: 2e-5 fine-tune, 2e-3 linear probe
+    weight_decay: float | None = None  # None: 1e-5 fine-tune, 0 linear probe
+    warmup_epochs: float = 0.0
+    head_init_std: float = 0.01
+    thresholds: list[float] = field(default_factory=lambda: list(REGRESSION_THRESHOLDS))
+    device: str = "auto"  # auto (cuda when available), cuda, cpu
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("train.epochs, batch_size and eval_batch_size must be >= 1")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError("train.warmup_epochs must be in [0, train.epochs)")
+        steps = [b - a for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)]
+        if not self.thresholds or min(steps, default=1.0) <= 0:
+            raise ValueError(f"train.thresholds must increase strictly, got {self.thresholds}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    @property
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-3 if self.protocol == "linear" else 2e-5
+
+    @property
+    def decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.0 if self.protocol == "linear" else 1e-5
+
+
+@dataclass
+class KnnConfig:
+    """Cosine-similarity kNN on class-token features."""
+
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"knn.ks must be positive integers, got {self.ks}")
+        if self.temperature <= 0:
+            raise ValueError(f"knn.temperature must be positive, got {self.temperature}")
+
+
+@dataclass
+class GradeConfig:
+    """A grading job: encoder, data, augmentation, optimisation and kNN settings."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)

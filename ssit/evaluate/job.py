@@ -1,0 +1,242 @@
+"""One grading job: dataset + encoder + protocol -> metrics, written to an output folder.
+
+``run_grading(cfg, out_dir)`` is what the launcher submits (wrapped in :class:`GradingJob` so
+that a preempted job requeues itself and resumes from its last finished epoch). The folder
+receives ``config.yaml``, ``split.csv``, ``grade.log``, ``results.json``, ``predictions.csv``,
+``confusion.png`` and, for the trained protocols, ``best.pt`` and ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import submitit
+import torch
+from torch.utils.data import DataLoader
+
+from ssit.config import ConfigError, save_config
+from ssit.evaluate.config import GradeConfig
+from ssit.evaluate.datasets import (
+    LAYOUTS,
+    SPLITS,
+    DatasetError,
+    GradedImage,
+    GradingDataset,
+    class_counts,
+    load_grading_data,
+)
+from ssit.evaluate.encoder import GradingModel, create_encoder, describe_encoder
+from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
+from ssit.evaluate.knn import extract_class_tokens, knn_classify, knn_evaluate, select_k
+from ssit.evaluate.metrics import grades_from_scores
+from ssit.evaluate.precision import resolve_device, resolve_precision
+from ssit.evaluate.report import draw_confusion_matrix, json_ready, result_table, write_json
+from ssit.evaluate.transforms import eval_transform, train_transform
+from ssit.model.backbone import create_vit
+
+LOGGER = logging.getLogger(__name__)
+RESULTS_FILE = "results.json"
+
+
+def validate_grading_config(cfg: GradeConfig) -> None:
+    """Check all that can be checked before submission: the dataset's layout (labels and
+    images present), the checkpoint, and that the encoder can be built.
+
+    Raises ConfigError with one line.
+    """
+    if not cfg.data.path:
+        raise ConfigError(f"data.path is empty: give the {cfg.data.dataset} folder")
+    if not Path(cfg.data.path).expanduser().exists():
+        raise ConfigError(f"data.path {cfg.data.path} does not exist")
+    if cfg.data.split_file and not Path(cfg.data.split_file).expanduser().is_file():
+        raise ConfigError(f"data.split_file {cfg.data.split_file} does not exist")
+    try:
+        LAYOUTS[cfg.data.dataset](Path(cfg.data.path).expanduser())
+    except DatasetError as error:
+        raise ConfigError(str(error)) from None
+    checkpoint = cfg.encoder.checkpoint
+    if checkpoint != "random" and not Path(checkpoint).expanduser().is_file():
+        raise ConfigError(f"encoder.checkpoint {checkpoint} does not exist (or use 'random')")
+    try:
+        with torch.device("meta"):
+            create_vit(cfg.encoder.arch, cfg.encoder.img_size,
+                       encoder_kwargs=cfg.encoder.model_kwargs)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ConfigError(f"encoder.arch {cfg.encoder.arch}: {error}") from None
+
+
+def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Grade ``cfg.encoder`` on ``cfg.data`` with ``cfg.train.protocol``; return the results.
+
+    A folder that already holds ``results.json`` is not graded again.
+    """
+    out_dir = Path(out_dir)
+    done = out_dir / RESULTS_FILE
+    if done.is_file():
+        LOGGER.info("%s exists; returning the finished results", done)
+        return json.loads(done.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    with _log_to(out_dir / "grade.log"):
+        started = time.time()
+        _seed_everything(cfg.train.seed)
+        device = resolve_device(cfg.train.device)
+        precision = resolve_precision(cfg.train.precision, device)
+        LOGGER.info("grading %s with %s on %s (%s, %s)", cfg.data.dataset, cfg.train.protocol,
+                    cfg.encoder.checkpoint, device, precision)
+        splits = load_grading_data(cfg.data, out_dir)
+        backbone = create_encoder(cfg.encoder).to(device)
+        if cfg.train.protocol == "knn":
+            outcome = _run_knn(cfg, backbone, splits, device, precision, out_dir)
+        else:
+            outcome = _run_regression(cfg, backbone, splits, device, precision, out_dir)
+        result = {
+            "dataset": cfg.data.dataset,
+            "protocol": cfg.train.protocol,
+            "encoder": describe_encoder(cfg.encoder),
+            "arch": cfg.encoder.arch,
+            "img_size": cfg.encoder.img_size,
+            "data": cfg.data.path,
+            "class_counts": {name: class_counts(splits[name]) for name in SPLITS},
+            **outcome,
+            "elapsed_s": round(time.time() - started, 1),
+            "out_dir": str(out_dir),
+        }
+        selected = result["test"][result["selected"]]
+        draw_confusion_matrix(
+            selected["confusion_matrix"], out_dir / "confusion.png",
+            f"{result['dataset']} {result['protocol']} {result['encoder']} "
+            f"(kappa {selected['kappa']:.3f})",
+        )
+        write_json(result, done)
+        LOGGER.info("results in %s\n%s", done, result_table(result))
+    return json_ready(result)
+
+
+class GradingJob(submitit.helpers.Checkpointable):
+    """The submitted callable: runs :func:`run_grading`; on preemption it requeues itself."""
+
+    def __init__(self, cfg: GradeConfig, out_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(out_dir)
+
+    def __call__(self) -> dict[str, Any]:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return run_grading(self.cfg, self.out_dir)
+
+
+def _run_regression(
+    cfg: GradeConfig, backbone: torch.nn.Module, splits: dict[str, list[GradedImage]],
+    device: torch.device, precision: str, out_dir: Path,
+) -> dict[str, Any]:
+    data, train = cfg.data, cfg.train
+    model = GradingModel(backbone, freeze_backbone=train.protocol == "linear",
+                         head_init_std=train.head_init_std).to(device)
+    augment = train_transform(cfg.augment, cfg.encoder.img_size, data.mean, data.std)
+    plain = eval_transform(cfg.encoder.img_size, data.mean, data.std)
+    train_loader = _loader(splits["train"], augment, train.batch_size, True, cfg, device)
+    loaders = {name: _loader(splits[name], plain, train.eval_batch_size, False, cfg, device)
+               for name in ("val", "test")}
+    fit = fit_regression(model, train_loader, loaders["val"], train, out_dir, device, precision)
+    setting = f"epoch {fit.best_epoch}"
+    metrics = {}
+    for name, loader in loaders.items():
+        scores, grades = predict_scores(model, loader, device, precision, desc=name)
+        metrics[name] = {setting: regression_metrics(scores, grades, train.thresholds)}
+        if name == "test":
+            predicted = grades_from_scores(scores, train.thresholds)
+            _write_predictions(out_dir / "predictions.csv", splits[name],
+                               ("score", "predicted"), zip(scores, predicted, strict=True))
+    return {**metrics, "selected": setting, "history": fit.history}
+
+
+def _run_knn(
+    cfg: GradeConfig, backbone: torch.nn.Module, splits: dict[str, list[GradedImage]],
+    device: torch.device, precision: str, out_dir: Path,
+) -> dict[str, Any]:
+    plain = eval_transform(cfg.encoder.img_size, cfg.data.mean, cfg.data.std)
+    features = {
+        name: extract_class_tokens(
+            backbone, _loader(splits[name], plain, cfg.train.eval_batch_size, False, cfg, device),
+            device, precision, desc=f"{name} features")
+        for name in SPLITS
+    }
+    ks, temperature = cfg.knn.ks, cfg.knn.temperature
+    val = knn_evaluate(features["train"], features["val"], ks, temperature)
+    test = knn_evaluate(features["train"], features["test"], ks, temperature)
+    best = select_k(val)
+    LOGGER.info("kNN: k=%d has the best validation kappa (%.4f)", best, val[best]["kappa"])
+    predicted, probs = knn_classify(features["train"][0], features["train"][1],
+                                    features["test"][0], best, temperature)
+    _write_predictions(out_dir / "predictions.csv", splits["test"],
+                       ("predicted", *(f"p{g}" for g in range(probs.shape[1]))),
+                       ((int(p), *row) for p, row in zip(predicted.tolist(), probs.tolist(),
+                                                         strict=True)))
+    return {
+        "val": {f"k={k}": metrics for k, metrics in val.items()},
+        "test": {f"k={k}": metrics for k, metrics in test.items()},
+        "selected": f"k={best}",
+        "temperature": temperature,
+    }
+
+
+def _loader(
+    items: Sequence[GradedImage], transform: Any, batch_size: int, shuffle: bool,
+    cfg: GradeConfig, device: torch.device,
+) -> DataLoader:
+    workers = cfg.data.num_workers
+    return DataLoader(
+        GradingDataset(items, transform, min_side=cfg.encoder.img_size),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(items) > batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(cfg.train.seed) if shuffle else None,
+    )
+
+
+def _write_predictions(
+    path: Path, items: Sequence[GradedImage], columns: Sequence[str], rows: Iterator | Any
+) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", "grade", *columns])
+        for item, values in zip(items, rows, strict=True):
+            writer.writerow([item.key, item.grade,
+                             *(f"{v:.6g}" if isinstance(v, float) else v for v in values)])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Copy the ``ssit`` loggers' INFO records into ``path`` while grading."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("ssit")
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.close()

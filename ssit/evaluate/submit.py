@@ -1,0 +1,249 @@
+"""Submitting grading jobs: one job per (dataset, protocol), gathered into one summary table.
+
+:func:`plan_grading` turns the command-line options into checked :class:`GradingTask` s (config
+loaded and validated, dataset layout read, encoder buildable) before anything is submitted;
+:func:`launch_grading` prints the sbatch script (``--dry-run``), submits a SLURM job array
+(one GPU per job) or runs the jobs one after the other on this machine (``--local``), waits,
+and writes ``summary.json`` / ``summary.md`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from ssit.cluster.executor import LaunchError, add_slurm_arguments, make_executor, sbatch_preview
+from ssit.config import ConfigError, load_config
+from ssit.evaluate.config import DATASETS, PROTOCOLS, GradeConfig
+from ssit.evaluate.job import RESULTS_FILE, GradingJob, validate_grading_config
+from ssit.evaluate.report import summary_table, write_json
+
+DEFAULT_CONFIG = "grade_paper"
+JOB_NAME = "ssit-grade"
+DEFAULT_TIME_MIN = 12 * 60
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
+
+
+@dataclass(frozen=True)
+class GradingTask:
+    """One checked grading job: its config and its output folder."""
+
+    name: str
+    config: GradeConfig
+    out_dir: Path
+
+
+@dataclass(frozen=True)
+class GradingPlan:
+    """All jobs of one launch, the run folder and the resources of each job."""
+
+    tasks: list[GradingTask]
+    run_dir: Path
+    gpus_per_node: int
+    cpus_per_task: int
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "submitit"
+
+
+def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option of the grading launcher to ``parser``."""
+    parser.add_argument(
+        "--checkpoint", help="SSiT checkpoint, .safetensors file from 'ssit export', or 'random'"
+    )
+    parser.add_argument("--arch", help="timm architecture (default: encoder.arch of the config)")
+    parser.add_argument("--branch", choices=("query", "momentum"),
+                        help="which SSiT encoder to grade (default: query)")
+    parser.add_argument("--dataset", nargs="+", metavar="NAME",
+                        help=f"one or more of {', '.join(DATASETS)}")
+    parser.add_argument("--data", nargs="+", type=Path, metavar="PATH",
+                        help="dataset folder, one per --dataset in the same order")
+    parser.add_argument("--protocol", nargs="+", default=["finetune"], metavar="NAME",
+                        help=f"one or more of {', '.join(PROTOCOLS)} (default: finetune)")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG,
+        help=f"YAML file or packaged config name (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument("--output", type=Path,
+                        help="run folder (default: runs/grade-<time>); finished jobs are kept")
+    parser.add_argument("--cpu", action="store_true", help="grade on CPUs, no GPU requested")
+    parser.add_argument("--cpus-per-task", type=int,
+                        help="CPU cores per job (default: data.num_workers + 2)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="return after submission (gather later with --summarize)")
+    parser.add_argument("--summarize", type=Path, metavar="RUN_DIR",
+                        help="only print and write the summary of the finished jobs of a run")
+    add_slurm_arguments(parser, default_time_min=DEFAULT_TIME_MIN)
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.epochs=10 knn.ks=[10,20]")
+
+
+def plan_grading(args: argparse.Namespace) -> GradingPlan:
+    """Load and validate every job; raise ConfigError/LaunchError (one line) on any problem."""
+    for option in ("checkpoint", "dataset", "data"):
+        if not getattr(args, option):
+            raise LaunchError(f"--{option} is required")
+    args = _collect_overrides(args)
+    for option, allowed in (("dataset", DATASETS), ("protocol", PROTOCOLS)):
+        for value in getattr(args, option):
+            if value not in allowed:
+                raise LaunchError(f"--{option} {value!r} is not one of {', '.join(allowed)}")
+    if len(args.data) != len(args.dataset):
+        raise LaunchError(f"give one --data per --dataset ({len(args.dataset)} dataset(s), "
+                          f"{len(args.data)} path(s))")
+    pairs = [(d, p) for d in args.dataset for p in args.protocol]
+    if len(set(pairs)) != len(pairs):
+        raise LaunchError("a dataset or protocol is named twice")
+    base = load_config(GradeConfig, args.config, args.overrides)
+    run_dir = (args.output or _default_run_dir()).expanduser().absolute()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LaunchError(f"--output {run_dir} exists and is not a folder")
+    tasks = []
+    for dataset, path in zip(args.dataset, args.data, strict=True):
+        for protocol in args.protocol:
+            config = _job_config(base, args, dataset, path, protocol)
+            validate_grading_config(config)
+            name = f"{dataset}-{protocol}"
+            tasks.append(GradingTask(name, config, run_dir / name))
+    cpus = args.cpus_per_task or base.data.num_workers + 2
+    if cpus < 1:
+        raise LaunchError(f"--cpus-per-task must be at least 1, got {cpus}")
+    return GradingPlan(tasks, run_dir, 0 if args.cpu else 1, cpus)
+
+
+def launch_grading(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Dry-run, submit or run locally the jobs ``args`` describe; return the exit status."""
+    out = out or sys.stdout
+    if args.summarize:
+        out.write(summarize_run(args.summarize) + "\n")
+        return 0
+    plan = plan_grading(args)
+    resources = {"name": JOB_NAME, "gpus_per_node": plan.gpus_per_node,
+                 "cpus_per_task": plan.cpus_per_task}
+    names = ", ".join(task.name for task in plan.tasks)
+    if args.dry_run:
+        out.write(f"# {len(plan.tasks)} grading job(s): {names}; nothing submitted\n")
+        out.write(f"# run folder: {plan.run_dir}\n")
+        if not args.local:
+            out.write(f"# submitted as a job array of {len(plan.tasks)} task(s), each with "
+                      "this script:\n")
+            out.write(sbatch_preview(args, plan.log_dir, **resources))
+        return 0
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    executor = make_executor(args, plan.log_dir, **resources)
+    out.write(f"output folder: {plan.run_dir}\n")
+    if args.local:
+        results = []
+        for task in plan.tasks:
+            job = _submit(executor, [task])[0]
+            out.write(f"job {job.job_id}: {task.name} -> {task.out_dir}\n")
+            out.flush()
+            results.append(_result(job, task, out))
+    else:
+        jobs = _submit(executor, plan.tasks)
+        for job, task in zip(jobs, plan.tasks, strict=True):
+            out.write(f"job {job.job_id}: {task.name} -> {task.out_dir}\n")
+        out.flush()
+        if args.no_wait:
+            out.write(f"gather the results later: python launch/grade.py --summarize "
+                      f"{plan.run_dir}\n")
+            return 0
+        results = [_result(job, task, out) for job, task in zip(jobs, plan.tasks, strict=True)]
+    finished = [result for result in results if result is not None]
+    if finished:
+        out.write(write_summary(plan.run_dir, finished) + "\n")
+    return 0 if len(finished) == len(plan.tasks) else 1
+
+
+def summarize_run(run_dir: Path) -> str:
+    """Summary table of the finished jobs under ``run_dir`` (also written as summary.json/md)."""
+    paths = sorted(Path(run_dir).glob(f"*/{RESULTS_FILE}"))
+    if not paths:
+        raise LaunchError(f"no finished grading job under {run_dir} (no */{RESULTS_FILE})")
+    return write_summary(Path(run_dir), [json.loads(path.read_text()) for path in paths])
+
+
+def write_summary(run_dir: Path, results: Sequence[dict[str, Any]]) -> str:
+    """Write summary.json and summary.md into ``run_dir`` and return the table."""
+    table = summary_table(results)
+    write_json(list(results), run_dir / "summary.json")
+    (run_dir / "summary.md").write_text(table + "\n")
+    return table
+
+
+def _collect_overrides(args: argparse.Namespace) -> argparse.Namespace:
+    """Move ``key=value`` words swallowed by the multi-value options into the overrides."""
+    def is_override(word: str) -> bool:
+        return _OVERRIDE.match(str(word)) is not None
+
+    moved = [str(w) for option in ("dataset", "data", "protocol")
+             for w in getattr(args, option) if is_override(w)]
+    if not moved:
+        return args
+    return argparse.Namespace(**{
+        **vars(args),
+        "dataset": [w for w in args.dataset if not is_override(w)],
+        "data": [w for w in args.data if not is_override(w)],
+        "protocol": [w for w in args.protocol if not is_override(w)],
+        "overrides": [*moved, *args.overrides],
+    })
+
+
+def _job_config(
+    base: GradeConfig, args: argparse.Namespace, dataset: str, path: Path, protocol: str
+) -> GradeConfig:
+    encoder = base.encoder
+    checkpoint = args.checkpoint
+    if checkpoint != "random":
+        checkpoint = str(Path(checkpoint).expanduser().absolute())
+    try:
+        encoder = dataclasses.replace(encoder, checkpoint=checkpoint,
+                                      arch=args.arch or encoder.arch,
+                                      branch=args.branch or encoder.branch)
+        data = dataclasses.replace(base.data, dataset=dataset,
+                                   path=str(path.expanduser().absolute()))
+        train = dataclasses.replace(base.train, protocol=protocol,
+                                    device="cpu" if args.cpu else base.train.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if data.cache_dir:
+        data = dataclasses.replace(data, cache_dir=str(Path(data.cache_dir).absolute()))
+    if data.split_file:
+        data = dataclasses.replace(data, split_file=str(Path(data.split_file).absolute()))
+    return dataclasses.replace(base, encoder=encoder, data=data, train=train)
+
+
+def _submit(executor: Any, tasks: Sequence[GradingTask]) -> list[Any]:
+    try:
+        with executor.batch():
+            jobs = [executor.submit(GradingJob(task.config, task.out_dir)) for task in tasks]
+    except Exception as error:  # submitit wraps sbatch's refusal in several exception types
+        raise LaunchError(f"submission failed: {_last_line(error)}") from None
+    return jobs
+
+
+def _result(job: Any, task: GradingTask, out: TextIO) -> dict[str, Any] | None:
+    try:
+        return job.result()
+    except Exception as error:  # a failed job is reported and the others still summarised
+        out.write(f"job {job.job_id} ({task.name}) failed: {_last_line(error)}; "
+                  f"see {job.paths.stderr}\n")
+        return None
+
+
+def _default_run_dir() -> Path:
+    return Path("runs") / f"grade-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

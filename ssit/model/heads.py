@@ -1,0 +1,49 @@
+"""Heads of the SSiT model: projector / predictor MLPs and the saliency segmentor.
+
+Layer layouts follow the authors' release so that parameter names match theirs: an MLP is an
+``nn.Sequential`` of ``Linear(bias=False)``, ``BatchNorm1d``, ``ReLU`` per hidden layer, then
+``Linear(bias=False)`` and ``BatchNorm1d(affine=False)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def build_mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """MLP with BatchNorm + ReLU after each hidden layer and an affine-free BatchNorm at the end.
+
+    The projector is ``build_mlp(3, embed_dim, 4096, 256)`` (indices 0..7), the predictor
+    ``build_mlp(2, 256, 4096, 256)`` (indices 0..4).
+    """
+    if num_layers < 1:
+        raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
+    layers: list[nn.Module] = []
+    for index in range(num_layers):
+        layer_in = in_dim if index == 0 else hidden_dim
+        last = index == num_layers - 1
+        layer_out = out_dim if last else hidden_dim
+        layers.append(nn.Linear(layer_in, layer_out, bias=False))
+        if last:
+            layers.append(nn.BatchNorm1d(layer_out, affine=False))
+        else:
+            layers += [nn.BatchNorm1d(layer_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def build_saliency_segmentor(embed_dim: int, patch_size: int) -> nn.Sequential:
+    """1x1 convolution ``embed_dim -> patch_size**2`` then pixel shuffle: one logit per pixel."""
+    return nn.Sequential(
+        nn.Conv2d(embed_dim, patch_size * patch_size, kernel_size=1),
+        nn.PixelShuffle(patch_size),
+    )
+
+
+def tokens_to_grid(patch_tokens: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """Reshape patch tokens ``(B, h*w, D)`` (row-major) to a feature map ``(B, D, h, w)``."""
+    batch, length, dim = patch_tokens.shape
+    height, width = grid_size
+    if length != height * width:
+        raise ValueError(f"{length} patch tokens do not fill a {height}x{width} grid")
+    return patch_tokens.transpose(1, 2).reshape(batch, dim, height, width)

@@ -1,0 +1,721 @@
+"""Write fundus photographs as WebDataset shards with saliency maps (SPEC section 2).
+
+Output directory layout::
+
+    <dataset>-000000.tar   samples: <key>.cls, <key>.jpg, <key>.json, <key>.sal.png
+    <dataset>-000000.idx   DALI index of the tar (``fn.readers.webdataset(index_paths=...)``)
+    ...
+    manifest.json          shards, sample counts, sha256, channel mean/std of the crops
+    skipped.csv            file,reason for every image left out (and label rows without image)
+    .state/                one record per finished shard, used to resume an interrupted run
+
+The plan is fixed before any image is decoded: the sorted input files that have a usable id and
+(when labels are given) a grade are permuted with ``numpy.random.default_rng(seed)`` and cut into
+consecutive groups of ``shard_size``. Images that turn out to be unreadable are left out of their
+shard, so a shard may hold a few samples fewer than planned; everything stays deterministic and
+each shard can be finished, checked and reused on its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from tqdm import tqdm
+
+from ssit.prepare.crop import CROP_SIZE
+from ssit.prepare.decode import BadImageError
+from ssit.prepare.sample import encode_sample, preprocess_image
+from ssit.prepare.workers import available_cores, parallel_map
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MANIFEST_FORMAT",
+    "Labels",
+    "PrepareError",
+    "ShardReport",
+    "list_shards",
+    "read_labels",
+    "read_manifest",
+    "write_dali_index",
+    "write_shards",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+GRADES = range(5)
+_STATE_DIR = ".state"
+_TAR_MTIME = 0
+
+
+class PrepareError(ValueError):
+    """A wrong argument or unusable input detected before any work starts."""
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Grades read from an EyePACS-style CSV (``image,level``)."""
+
+    path: Path
+    grades: dict[str, int]
+    problems: dict[str, str]
+    """Image id -> why its row could not be used (bad grade, conflicting rows)."""
+    lines: dict[str, int]
+    """Image id -> line number of its (first) row."""
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What :func:`write_shards` did."""
+
+    out_dir: Path
+    written: int
+    skipped: int
+    shards: int
+    reused_shards: int
+    unmatched_labels: int
+    converted: dict[str, int] = field(default_factory=dict)
+    fallback_crops: int = 0
+
+    @property
+    def manifest(self) -> Path:
+        return self.out_dir / "manifest.json"
+
+    @property
+    def skipped_csv(self) -> Path:
+        return self.out_dir / "skipped.csv"
+
+    def summary(self) -> str:
+        """One line for the user: written N, skipped M (see skipped.csv)."""
+        line = f"written {self.written}, skipped {self.skipped} (see {self.skipped_csv})"
+        if self.unmatched_labels == 1:
+            line += "; 1 label row had no image"
+        elif self.unmatched_labels:
+            line += f"; {self.unmatched_labels} label rows had no image"
+        return line
+
+
+class _Task(NamedTuple):
+    path: str
+    source: str
+    key: str
+    grade: int | None
+    dataset: str
+    file_bytes: int
+
+
+class _Outcome(NamedTuple):
+    source: str
+    key: str
+    grade: int | None
+    members: dict[str, bytes] | None
+    reason: str | None
+    converted: str | None
+    fallback: bool
+    pixel_sum: tuple[int, int, int]
+    pixel_sumsq: tuple[int, int, int]
+
+
+@dataclass
+class _Plan:
+    dataset: str
+    shard_size: int
+    shards: list[list[_Task]]
+    skipped: list[tuple[str, str]]
+    label_notes: list[tuple[str, str]]
+    fingerprints: list[str]
+
+    def name(self, index: int) -> str:
+        return f"{self.dataset}-{index:06d}"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
+    """The ``manifest.json`` of a shard directory."""
+    path = Path(shard_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PrepareError(
+            f"no manifest.json in {shard_dir} (not a finished shard directory)"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise PrepareError(f"cannot read {path}: {error}") from error
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise PrepareError(f"{path}: unsupported manifest format {manifest.get('format')!r}")
+    return manifest
+
+
+def list_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Tar shards named by a directory, a glob pattern, a single tar or a list of tar paths.
+
+    A directory with a manifest lists its shards in manifest order, otherwise its ``*.tar``
+    files sorted by name. Raises :class:`PrepareError` when nothing is found.
+    """
+    if isinstance(spec, (str, Path)):
+        text = str(spec)
+        path = Path(text)
+        if path.is_dir():
+            if (path / "manifest.json").is_file():
+                shards = [path / s["name"] for s in read_manifest(path)["shards"]]
+            else:
+                shards = sorted(path.glob("*.tar"))
+            if not shards:
+                raise PrepareError(f"no .tar shards in directory {path}")
+        elif glob.has_magic(text):
+            shards = [Path(p) for p in sorted(glob.glob(text))]
+            if not shards:
+                raise PrepareError(f"no shards match {text}")
+        else:
+            shards = [path]
+    else:
+        shards = [Path(p) for p in spec]
+        if not shards:
+            raise PrepareError("empty list of shards")
+    missing = [str(p) for p in shards if not p.is_file()]
+    if missing:
+        raise PrepareError(f"shard not found: {missing[0]}")
+    return shards
+
+
+def read_labels(path: str | Path) -> Labels:
+    """Parse an EyePACS-style labels CSV (header ``image,level``, grades 0-4).
+
+    Raises :class:`PrepareError` if the file cannot be read or the header is wrong; bad rows
+    are kept as per-image problems so that only those images are skipped.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise PrepareError(f"labels file not found: {path}") from None
+    except IsADirectoryError:
+        raise PrepareError(f"labels path is a directory, not a CSV file: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise PrepareError(f"cannot read labels file {path}: {error}") from error
+    rows = csv.reader(text.splitlines())
+    header = [cell.strip().lower() for cell in next(rows, [])]
+    if header != ["image", "level"]:
+        raise PrepareError(
+            f"labels file {path} must start with the header 'image,level', got {','.join(header)!r}"
+        )
+    grades: dict[str, int] = {}
+    problems: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        if not row or not "".join(row).strip():
+            continue
+        image = row[0].strip()
+        if not image:
+            continue
+        lines.setdefault(image, line)
+        if len(row) != 2:
+            problems[image] = f"labels line {line} has {len(row)} columns, expected 2"
+            continue
+        value = row[1].strip()
+        grade = int(value) if value.isdigit() else -1
+        if grade not in GRADES:
+            problems[image] = f"labels line {line}: grade {value!r} is not an integer 0-4"
+        elif image in grades and grades[image] != grade:
+            problems[image] = f"conflicting grades for {image} ({grades[image]} and {grade})"
+        else:
+            grades.setdefault(image, grade)
+    for image in problems:
+        grades.pop(image, None)
+    return Labels(path, grades, problems, lines)
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _scan_images(input_dir: Path, exclude: Path) -> list[Path]:
+    """Image files under ``input_dir`` (recursively, hidden entries and ``exclude`` left out)."""
+    found = []
+    for root, dirs, files in os.walk(input_dir):
+        root_path = Path(root)
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and (root_path / d).resolve() != exclude
+        ]
+        found.extend(
+            root_path / name
+            for name in files
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+        )
+    return sorted(found, key=lambda p: p.relative_to(input_dir).as_posix())
+
+
+def _make_plan(
+    input_dir: Path,
+    out_dir: Path,
+    labels: Labels | None,
+    dataset: str,
+    shard_size: int,
+    seed: int,
+) -> _Plan:
+    files = _scan_images(input_dir, out_dir.resolve())
+    if not files:
+        raise PrepareError(
+            f"no images found in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    tasks: list[_Task] = []
+    skipped: list[tuple[str, str]] = []
+    owner: dict[str, str] = {}
+    used_ids: set[str] = set()
+    for path in files:
+        source = path.relative_to(input_dir).as_posix()
+        image_id = path.stem
+        key = image_id.replace(".", "_")
+        if key in owner:
+            skipped.append((source, f"duplicate image id {key!r} (already used by {owner[key]})"))
+            continue
+        owner[key] = source
+        grade = None
+        if labels is not None:
+            label_id = next((i for i in (image_id, path.name) if i in labels.lines), None)
+            if label_id is None:
+                skipped.append((source, f"no label row in {labels.path.name}"))
+                continue
+            used_ids.add(label_id)
+            if label_id in labels.problems:
+                skipped.append((source, labels.problems[label_id]))
+                continue
+            grade = labels.grades[label_id]
+        tasks.append(_Task(str(path), source, key, grade, dataset, path.stat().st_size))
+    if not tasks:
+        reason = skipped[0][1] if skipped else "no usable image"
+        raise PrepareError(
+            f"none of the {len(files)} images in {input_dir} can be used (first: {reason})"
+        )
+    label_notes = []
+    if labels is not None:
+        for image_id, line in sorted(labels.lines.items(), key=lambda item: item[1]):
+            if image_id not in used_ids:
+                label_notes.append(
+                    (f"{labels.path.name}:{line}", f"label row for {image_id!r} has no image")
+                )
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(tasks))]
+    shuffled = [tasks[i] for i in order]
+    shards = [shuffled[i : i + shard_size] for i in range(0, len(shuffled), shard_size)]
+    fingerprints = [_fingerprint(shard) for shard in shards]
+    return _Plan(dataset, shard_size, shards, skipped, label_notes, fingerprints)
+
+
+def _fingerprint(tasks: Sequence[_Task]) -> str:
+    """Identity of a planned shard: its inputs (with size and mtime) and the processing format."""
+    entries = [
+        [t.source, t.key, t.grade, t.dataset, t.file_bytes, Path(t.path).stat().st_mtime_ns]
+        for t in tasks
+    ]
+    payload = json.dumps({"format": MANIFEST_FORMAT, "crop": CROP_SIZE, "samples": entries})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- per-image work (in workers)
+
+
+def _process(task: _Task) -> _Outcome:
+    """Turn one planned image into a sample, or into a skip reason; never raises."""
+    try:
+        item = preprocess_image(task.path, CROP_SIZE)
+        members = encode_sample(
+            item, key=task.key, source=task.source, grade=task.grade, dataset=task.dataset
+        )
+    except BadImageError as error:
+        return _Outcome(task.source, task.key, task.grade, None, str(error), None, False,
+                        (0, 0, 0), (0, 0, 0))
+    except Exception as error:  # one bad file must never stop the run
+        reason = f"unexpected error: {type(error).__name__}: {error}"
+        return _Outcome(task.source, task.key, task.grade, None, reason, None, False,
+                        (0, 0, 0), (0, 0, 0))
+    pixels = item.crop.reshape(-1, 3).astype(np.int64)
+    pixel_sum = tuple(int(v) for v in pixels.sum(axis=0))
+    pixel_sumsq = tuple(int(v) for v in np.einsum("ij,ij->j", pixels, pixels))
+    return _Outcome(task.source, task.key, task.grade, members, None, item.converted,
+                    item.fallback, pixel_sum, pixel_sumsq)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tar_member(name: str, size: int) -> tarfile.TarInfo:
+    """A tar header with fixed owner, mode and time, so that equal contents give equal bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = _TAR_MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_dali_index(tar_path: str | Path, index_path: str | Path) -> int:
+    """Write the DALI index (format v1.2, as made by ``wds2idx``) of a WebDataset tar.
+
+    Each line lists one sample's members as ``extension offset size name``, with the offset of
+    the member's data. Returns the number of samples.
+    """
+    samples: list[list[str]] = []
+    last_key = None
+    with tarfile.open(tar_path, "r:") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            directory, _, base = member.name.rpartition("/")
+            key, dot, extension = base.partition(".")
+            if not key or not dot:
+                continue
+            key = f"{directory}/{key}" if directory else key
+            entry = f"{extension} {member.offset_data} {member.size} {member.name}"
+            if key != last_key:
+                samples.append([entry])
+                last_key = key
+            else:
+                samples[-1].append(entry)
+    if not samples:
+        raise PrepareError(f"{tar_path} holds no samples")
+    with open(index_path, "w") as handle:
+        handle.write(f"v1.2 {len(samples)}\n")
+        handle.writelines(" ".join(entries) + "\n" for entries in samples)
+    return len(samples)
+
+
+class _ShardWriter:
+    """Streams the samples of one planned shard into ``<name>.tar.tmp`` and finalises it."""
+
+    def __init__(self, out_dir: Path, name: str, fingerprint: str, planned: int) -> None:
+        self.out_dir = out_dir
+        self.name = name
+        self.fingerprint = fingerprint
+        self.planned = planned
+        self.received = 0
+        self.tmp = out_dir / f"{name}.tar.tmp"
+        # Closed by finish() or abandon(): the shard stays open while its samples stream in.
+        self.tar = tarfile.open(self.tmp, "w", format=tarfile.GNU_FORMAT)  # noqa: SIM115
+        self.keys: list[str] = []
+        self.skipped: list[list[str]] = []
+        self.converted: list[list[str]] = []
+        self.fallback = 0
+        self.grades: Counter[int] = Counter()
+        self.pixel_sum = [0, 0, 0]
+        self.pixel_sumsq = [0, 0, 0]
+
+    @property
+    def full(self) -> bool:
+        return self.received == self.planned
+
+    def add(self, outcome: _Outcome) -> None:
+        self.received += 1
+        if outcome.members is None:
+            self.skipped.append([outcome.source, outcome.reason or "unknown"])
+            return
+        for extension in sorted(outcome.members):
+            data = outcome.members[extension]
+            self.tar.addfile(_tar_member(f"{outcome.key}.{extension}", len(data)),
+                             _BytesReader(data))
+        self.keys.append(outcome.key)
+        if outcome.converted:
+            self.converted.append([outcome.source, outcome.converted])
+        self.fallback += outcome.fallback
+        if outcome.grade is not None:
+            self.grades[outcome.grade] += 1
+        for channel in range(3):
+            self.pixel_sum[channel] += outcome.pixel_sum[channel]
+            self.pixel_sumsq[channel] += outcome.pixel_sumsq[channel]
+
+    def finish(self) -> dict[str, Any]:
+        """Close, index and rename the shard, then record it as complete; returns the record."""
+        self.tar.close()
+        tar_path = self.out_dir / f"{self.name}.tar"
+        index_path = self.out_dir / f"{self.name}.idx"
+        record: dict[str, Any] = {
+            "fingerprint": self.fingerprint,
+            "name": tar_path.name,
+            "index": index_path.name,
+            "num_samples": len(self.keys),
+            "keys": self.keys,
+            "skipped": self.skipped,
+            "converted": self.converted,
+            "fallback_crops": self.fallback,
+            "grades": {str(g): n for g, n in sorted(self.grades.items())},
+            "pixel_sum": self.pixel_sum,
+            "pixel_sumsq": self.pixel_sumsq,
+        }
+        if self.keys:
+            with self.tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+            index_tmp = self.out_dir / f"{self.name}.idx.tmp"
+            write_dali_index(self.tmp, index_tmp)
+            record["sha256"] = _sha256(self.tmp)
+            record["tar_bytes"] = self.tmp.stat().st_size
+            os.replace(index_tmp, index_path)
+            os.replace(self.tmp, tar_path)
+        else:
+            self.tmp.unlink()
+            tar_path.unlink(missing_ok=True)
+            index_path.unlink(missing_ok=True)
+        _write_json_atomically(_state_path(self.out_dir, self.name), record)
+        return record
+
+    def abandon(self) -> None:
+        self.tar.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class _BytesReader:
+    """Minimal file-like view of bytes for ``TarFile.addfile`` (no copy, unlike BytesIO)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.view) if size < 0 else min(len(self.view), self.position + size)
+        chunk = self.view[self.position : end].tobytes()
+        self.position = end
+        return chunk
+
+
+def _state_path(out_dir: Path, name: str) -> Path:
+    return out_dir / _STATE_DIR / f"{name}.json"
+
+
+def _write_json_atomically(path: Path, payload: Any, indent: int | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=indent) + "\n")
+    os.replace(tmp, path)
+
+
+def _complete_record(out_dir: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
+    """The record of a finished shard that matches the plan, or None if it must be (re)made."""
+    try:
+        record = json.loads(_state_path(out_dir, name).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return None
+    if record.get("num_samples") == 0:
+        return record
+    tar_path = out_dir / f"{name}.tar"
+    if not (tar_path.is_file() and (out_dir / f"{name}.idx").is_file()):
+        return None
+    if tar_path.stat().st_size != record.get("tar_bytes"):
+        return None
+    return record
+
+
+def _remove_leftovers(out_dir: Path, plan: _Plan) -> None:
+    """Delete unfinished temporary files and shards of this dataset beyond the current plan."""
+    for tmp in [*out_dir.glob("*.tmp"), *(out_dir / _STATE_DIR).glob("*.tmp")]:
+        tmp.unlink()
+    for path in sorted(out_dir.glob(f"{plan.dataset}-*")):
+        stem = path.name.split(".", 1)[0]
+        number = stem[len(plan.dataset) + 1 :]
+        if number.isdigit() and int(number) >= len(plan.shards):
+            logger.warning("removing %s: not part of the current plan", path)
+            path.unlink()
+            _state_path(out_dir, stem).unlink(missing_ok=True)
+
+
+def write_shards(
+    input_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    labels: str | Path | None = None,
+    dataset: str = "eyepacs",
+    shard_size: int = 1000,
+    jobs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> ShardReport:
+    """Crop every photograph under ``input_dir``, compute its saliency map and write shards.
+
+    ``labels`` is an EyePACS-style CSV (``image,level``); images without a row are then skipped.
+    Re-running after an interruption keeps every finished shard and redoes only the rest; the
+    result is byte-identical to an uninterrupted run. Arguments are checked before any work and
+    problems raise :class:`PrepareError`; bad images are skipped and listed in ``skipped.csv``.
+    """
+    input_path, out_path = Path(input_dir), Path(out_dir)
+    if not input_path.is_dir():
+        raise PrepareError(f"input folder not found: {input_path}")
+    if out_path.exists() and not out_path.is_dir():
+        raise PrepareError(f"output path exists and is not a folder: {out_path}")
+    if not dataset or not dataset.replace("-", "").replace("_", "").isalnum():
+        raise PrepareError(f"dataset name must use letters, digits, '-' and '_': {dataset!r}")
+    if shard_size < 1:
+        raise PrepareError(f"shard size must be at least 1, got {shard_size}")
+    if jobs is not None and jobs < 1:
+        raise PrepareError(f"jobs must be at least 1, got {jobs}")
+    label_table = read_labels(labels) if labels is not None else None
+    plan = _make_plan(input_path, out_path, label_table, dataset, shard_size, seed)
+
+    (out_path / _STATE_DIR).mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_path, plan)
+    records: dict[int, dict[str, Any]] = {}
+    for index, fingerprint in enumerate(plan.fingerprints):
+        record = _complete_record(out_path, plan.name(index), fingerprint)
+        if record is not None:
+            records[index] = record
+    pending = [i for i in range(len(plan.shards)) if i not in records]
+    logger.info(
+        "%d images in %d shards of up to %d (%d already complete), %d skipped before decoding",
+        sum(len(s) for s in plan.shards), len(plan.shards), shard_size, len(records),
+        len(plan.skipped),
+    )
+    if pending:
+        (out_path / "manifest.json").unlink(missing_ok=True)
+        tasks = [task for i in pending for task in plan.shards[i]]
+        workers = max(1, min(jobs or available_cores(), len(tasks)))
+        records.update(_run(out_path, plan, pending, tasks, workers, progress))
+
+    report = _finish(out_path, plan, records, seed, label_table is not None,
+                     reused=len(plan.shards) - len(pending))
+    logger.debug("%s", report.summary())
+    return report
+
+
+def _run(
+    out_dir: Path, plan: _Plan, pending: list[int], tasks: list[_Task], jobs: int, progress: bool
+) -> dict[int, dict[str, Any]]:
+    records: dict[int, dict[str, Any]] = {}
+    queue = iter(pending)
+    writer: _ShardWriter | None = None
+    skipped = 0
+    with tqdm(total=len(tasks), desc=f"shards {plan.dataset}", unit="img",
+              disable=not progress) as bar:
+        try:
+            for outcome in parallel_map(_process, tasks, jobs):
+                if writer is None:
+                    index = next(queue)
+                    writer = _ShardWriter(out_dir, plan.name(index), plan.fingerprints[index],
+                                          len(plan.shards[index]))
+                writer.add(outcome)
+                if outcome.members is None:
+                    skipped += 1
+                    logger.debug("skipped %s: %s", outcome.source, outcome.reason)
+                    bar.set_postfix(skipped=skipped, refresh=False)
+                bar.update()
+                if writer.full:
+                    records[index] = writer.finish()
+                    writer = None
+        finally:
+            if writer is not None:
+                writer.abandon()
+    return records
+
+
+def _finish(
+    out_dir: Path,
+    plan: _Plan,
+    records: dict[int, dict[str, Any]],
+    seed: int,
+    has_labels: bool,
+    reused: int,
+) -> ShardReport:
+    """Write ``skipped.csv`` and ``manifest.json`` from the shard records."""
+    ordered = [records[i] for i in range(len(plan.shards))]
+    skipped = sorted(plan.skipped + [tuple(s) for r in ordered for s in r["skipped"]])
+    with (out_dir / "skipped.csv.tmp").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["file", "reason"])
+        writer.writerows(skipped)
+        writer.writerows(plan.label_notes)
+    os.replace(out_dir / "skipped.csv.tmp", out_dir / "skipped.csv")
+
+    written = sum(r["num_samples"] for r in ordered)
+    if written == 0:
+        raise PrepareError(
+            f"no image in {len(plan.shards)} planned shards could be used; see "
+            f"{out_dir / 'skipped.csv'}"
+        )
+    pixels = written * CROP_SIZE * CROP_SIZE * 255
+    mean, std = [], []
+    for channel in range(3):
+        total = sum(r["pixel_sum"][channel] for r in ordered)
+        squares = sum(r["pixel_sumsq"][channel] for r in ordered)
+        channel_mean = total / pixels
+        mean.append(round(channel_mean, 6))
+        std.append(round(math.sqrt(max(0.0, squares / (pixels * 255) - channel_mean**2)), 6))
+    grades: Counter[str] = Counter()
+    for record in ordered:
+        grades.update(record["grades"])
+    converted = Counter(note for r in ordered for _, note in r["converted"])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "dataset": plan.dataset,
+        "seed": seed,
+        "num_samples": written,
+        "has_labels": has_labels,
+        "image_size": CROP_SIZE,
+        "shards": [
+            {"name": r["name"], "index": r["index"], "num_samples": r["num_samples"],
+             "sha256": r["sha256"]}
+            for r in ordered
+            if r["num_samples"]
+        ],
+        "mean": mean,
+        "std": std,
+        "grade_counts": dict(sorted(grades.items())) if has_labels else None,
+        "skipped": len(skipped),
+        "unmatched_labels": len(plan.label_notes),
+    }
+    _write_json_atomically(out_dir / "manifest.json", manifest, indent=2)
+    if converted:
+        logger.info("converted to 8-bit RGB: %s",
+                    ", ".join(f"{note}: {n}" for note, n in sorted(converted.items())))
+    if skipped:
+        reasons = Counter(reason.split(" (")[0] for _, reason in skipped)
+        logger.warning("skipped %d images: %s", len(skipped),
+                       "; ".join(f"{reason}: {n}" for reason, n in reasons.most_common(5)))
+    return ShardReport(
+        out_dir=out_dir,
+        written=written,
+        skipped=len(skipped),
+        shards=len(manifest["shards"]),
+        reused_shards=reused,
+        unmatched_labels=len(plan.label_notes),
+        converted=dict(sorted(converted.items())),
+        fallback_crops=sum(r["fallback_crops"] for r in ordered),
+    )
+
+
+def iter_samples(shards: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
+    """Samples of tar shards as dicts ``{"__key__": key, extension: bytes, ...}``, in order."""
+    for shard in shards:
+        with tarfile.open(shard, "r:") as tar:
+            sample: dict[str, Any] = {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, extension = member.name.partition(".")
+                if sample and sample["__key__"] != key:
+                    yield sample
+                    sample = {}
+                sample["__key__"] = key
+                handle = tar.extractfile(member)
+                sample[extension] = handle.read() if handle else b""
+            if sample:
+                yield sample

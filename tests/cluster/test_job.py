@@ -1,0 +1,160 @@
+"""The job's signal flags, rendezvous variables and resubmission, without a cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from submitit.core.job_environment import JobEnvironment
+from submitit.core.utils import DelayedSubmission
+
+from ssit.cluster.job import (
+    RENDEZVOUS_PORTS,
+    PretrainJob,
+    StopRequest,
+    cpu_threads,
+    preemption_signal,
+    rendezvous_environment,
+    rendezvous_port,
+)
+from ssit.train.config import PretrainConfig
+
+SLURM_TASK = {
+    "SUBMITIT_EXECUTOR": "slurm",
+    "SLURM_JOB_ID": "4321",
+    "SLURM_NTASKS": "8",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_PROCID": "5",
+    "SLURM_LOCALID": "1",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+}
+
+
+def set_environment(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    for key in list(os.environ):
+        if key.startswith(("SLURM_", "SUBMITIT_")):
+            monkeypatch.delenv(key)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_rendezvous_port_is_stable_and_in_range() -> None:
+    low, high = RENDEZVOUS_PORTS
+    for job_id in ("1", "4321", "987654_3"):
+        for attempt in range(5):
+            port = rendezvous_port(job_id, attempt)
+            assert low <= port < high
+            assert port == rendezvous_port(job_id, attempt)
+
+
+def test_rendezvous_port_changes_with_every_attempt() -> None:
+    for job_id in ("1", "4321", "987654_3"):
+        ports = [rendezvous_port(job_id, attempt) for attempt in range(5)]
+        assert len(set(ports)) == len(ports)
+
+
+def test_rendezvous_port_differs_between_jobs() -> None:
+    assert rendezvous_port("4321", 0) != rendezvous_port("4322", 0)
+
+
+def test_rendezvous_environment_of_a_slurm_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_environment(monkeypatch, SLURM_TASK)
+    environment = rendezvous_environment(JobEnvironment())
+    assert environment == {
+        "MASTER_ADDR": "gpu07",
+        "MASTER_PORT": str(rendezvous_port("4321", 0)),
+        "RANK": "5",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "4",
+    }
+
+
+def test_requeued_task_meets_on_a_fresh_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_environment(monkeypatch, {**SLURM_TASK, "SLURM_RESTART_COUNT": "2"})
+    environment = rendezvous_environment(JobEnvironment())
+    assert environment["MASTER_PORT"] == str(rendezvous_port("4321", 2))
+    assert environment["MASTER_PORT"] != str(rendezvous_port("4321", 0))
+
+
+def test_rendezvous_environment_of_a_local_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_environment(monkeypatch, {
+        "SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "777",
+        "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+        "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_GLOBALID": "1",
+        "SUBMITIT_LOCAL_LOCALID": "1",
+    })
+    environment = rendezvous_environment(JobEnvironment())
+    assert environment["MASTER_ADDR"] == "127.0.0.1"
+    assert environment["RANK"] == "1" and environment["WORLD_SIZE"] == "2"
+    assert environment["MASTER_PORT"] == str(rendezvous_port("777", 0))
+
+
+def test_preemption_signal_is_submitits_and_not_nccls() -> None:
+    assert preemption_signal() == signal.SIGUSR2
+
+
+def test_unknown_preemption_signal_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(JobEnvironment, "USR_SIG", "NOPE")
+    with pytest.raises(ValueError, match="unknown preemption signal SIGNOPE"):
+        preemption_signal()
+
+
+@pytest.fixture
+def stop_request() -> Iterator[StopRequest]:
+    request = StopRequest().install()
+    yield request
+    request.uninstall()
+
+
+def test_preemption_signal_asks_for_a_requeue(stop_request: StopRequest) -> None:
+    assert not stop_request()
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert stop_request.requeue and not stop_request.terminate
+    assert stop_request()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_termination_signals_ask_to_stop_without_requeue(
+    stop_request: StopRequest, signum: int
+) -> None:
+    os.kill(os.getpid(), signum)
+    assert stop_request.terminate and not stop_request.requeue
+    assert stop_request()
+
+
+def test_uninstall_puts_the_previous_handlers_back() -> None:
+    def earlier(signum: int, frame: object) -> None:
+        raise AssertionError("not expected to run")
+
+    previous = signal.signal(signal.SIGUSR2, earlier)
+    try:
+        request = StopRequest().install()
+        assert signal.getsignal(signal.SIGUSR2) == request._handle
+        assert request.previous_handler(signal.SIGUSR2) is earlier
+        request.uninstall()
+        assert signal.getsignal(signal.SIGUSR2) is earlier
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_cpu_threads_follow_slurm_then_the_machine() -> None:
+    assert cpu_threads({"SLURM_CPUS_PER_TASK": "3"}, local_world_size=8) == 3
+    machine = len(os.sched_getaffinity(0))
+    assert cpu_threads({}, local_world_size=1) == machine
+    assert cpu_threads({}, local_world_size=machine + 1) == 1
+
+
+def test_checkpoint_resubmits_the_same_job(tmp_path: Path) -> None:
+    job = PretrainJob(PretrainConfig(), tmp_path / "run", timeout_s=60.0, max_requeues=4)
+    delayed = job.checkpoint()
+    assert isinstance(delayed, DelayedSubmission)
+    assert delayed.function == job and delayed.function is not job
+    assert delayed.args == () and delayed.kwargs == {}
+    pickled = tmp_path / "job.pkl"
+    delayed.dump(pickled)
+    assert DelayedSubmission.load(pickled).function == job

@@ -1,0 +1,182 @@
+"""The pre-training launcher: everything is checked before submission, one clear line on error."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import io
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from ssit.cluster.executor import LaunchError
+from ssit.cluster.submit import (
+    add_pretrain_arguments,
+    format_summary,
+    launch_pretrain,
+    plan_pretrain,
+)
+from ssit.config import ConfigError, load_config, save_config
+from ssit.train.config import PretrainConfig
+from tests.cluster.conftest import LAUNCHER, run_launcher
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_pretrain_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def tiny(shards: Path, *argv: str) -> argparse.Namespace:
+    return parse("--config", "demo_tiny_cpu", *argv, f"data.shards={shards}")
+
+
+@pytest.fixture(scope="module")
+def launcher_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("launch_pretrain", LAUNCHER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_plan_on_two_nodes(demo_shards: Path, tmp_path: Path) -> None:
+    plan = plan_pretrain(tiny(demo_shards, "--cpu", "--nodes", "2", "--output",
+                              str(tmp_path / "run")))
+    assert (plan.nodes, plan.tasks_per_node, plan.gpus_per_node) == (2, 1, 0)
+    assert plan.world_size == 2
+    assert plan.cpus_per_task == plan.config.data.num_threads
+    assert plan.config.device == "cpu"
+    assert plan.run_dir == tmp_path / "run" and not plan.resume
+    assert plan.log_dir == tmp_path / "run" / "submitit"
+
+
+def test_gpu_plan_runs_one_task_per_gpu(demo_shards: Path) -> None:
+    plan = plan_pretrain(parse("--nodes", "2", "--gpus-per-node", "4", f"data.shards={demo_shards}",
+                               "optim.batch_size=8"))
+    assert (plan.tasks_per_node, plan.gpus_per_node, plan.world_size) == (4, 4, 8)
+    assert plan.cpus_per_task == plan.config.data.num_threads + 2
+    assert plan.config.model.arch == "vit_small_patch16_224"
+    assert plan.run_dir.parent.name == "runs" and plan.run_dir.is_absolute()
+
+
+def test_relative_shards_become_absolute(demo_shards: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.chdir(demo_shards.parent)
+    plan = plan_pretrain(tiny(Path(demo_shards.name), "--cpu"))
+    assert plan.config.data.shards == str(demo_shards)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("--tasks-per-node", "2", "device=cuda"), "--tasks-per-node applies to --cpu runs"),
+    (("--gpus-per-node", "0", "device=cuda"), "--gpus-per-node must be at least 1"),
+    (("--cpu", "--local", "--nodes", "2"), "--local runs on this machine only"),
+    (("--cpu", "--nodes", "0"), "need at least one node"),
+    (("--cpu", "--dist-timeout", "0"), "--dist-timeout must be positive"),
+    (("--cpu", "--cpus-per-task", "0"), "--cpus-per-task must be at least 1"),
+])
+def test_impossible_launches_are_refused(demo_shards: Path, argv: tuple[str, ...], message: str
+                                         ) -> None:
+    with pytest.raises(LaunchError, match=message):
+        plan_pretrain(tiny(demo_shards, *argv))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("optim.lrr=1e-3",), r"unknown config key 'optim.lrr' \(did you mean 'optim.lr'\?\)"),
+    (("optim.epochs=many",), "config key 'optim.epochs' must be an int"),
+    (("--nodes", "3"), "optim.batch_size=16 is not divisible by the 3 ranks"),
+    (("optim.batch_size=0",), "'optim.batch_size' must be > 0"),
+    (("data.shards=/nonexistent/shards",), "data.shards '/nonexistent/shards'"),
+    (("model.arch=no_such_vit",), "model.arch 'no_such_vit'"),
+])
+def test_bad_configs_are_refused(demo_shards: Path, argv: tuple[str, ...], message: str) -> None:
+    args = parse("--config", "demo_tiny_cpu", "--cpu", f"data.shards={demo_shards}")
+    extra = parse("--config", "demo_tiny_cpu", *argv)
+    args.nodes = extra.nodes
+    args.overrides += extra.overrides
+    with pytest.raises(ConfigError, match=message):
+        plan_pretrain(args)
+
+
+def test_unknown_config_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="config 'no_such_config' not found"):
+        plan_pretrain(parse("--config", "no_such_config", "--cpu"))
+
+
+def saved_run(demo_shards: Path, run_dir: Path, *overrides: str) -> None:
+    config = load_config(PretrainConfig, "demo_tiny_cpu",
+                         [f"data.shards={demo_shards}", *overrides])
+    save_config(dataclasses.replace(config, device="cpu"), run_dir / "config.yaml")
+
+
+def test_same_output_resumes(demo_shards: Path, tmp_path: Path) -> None:
+    saved_run(demo_shards, tmp_path)
+    assert plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path))).resume
+    # Settings that do not change what the checkpoints hold may change on resume.
+    assert plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path),
+                              "optim.lr=5e-4")).resume
+
+
+def test_resuming_with_other_model_settings_is_refused(demo_shards: Path, tmp_path: Path
+                                                       ) -> None:
+    saved_run(demo_shards, tmp_path, "seed=3")
+    with pytest.raises(LaunchError, match=f"{tmp_path} holds a run with different seed"):
+        plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
+
+
+def test_output_that_is_a_file_is_refused(demo_shards: Path, tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("")
+    with pytest.raises(LaunchError, match="exists and is not a folder"):
+        plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(target)))
+
+
+def test_dry_run_prints_the_sbatch_script_and_submits_nothing(demo_shards: Path, tmp_path: Path
+                                                              ) -> None:
+    out = io.StringIO()
+    args = tiny(demo_shards, "--cpu", "--nodes", "2", "--dry-run", "--partition", "debug",
+                "--output", str(tmp_path / "run"))
+    assert launch_pretrain(args, out) == 0
+    text = out.getvalue()
+    assert text.startswith("# sbatch script for 2 node(s) x 1 task(s) (2 ranks)")
+    assert "#SBATCH --nodes=2" in text and "#SBATCH --partition=debug" in text
+    assert f"submitit.core._submit {tmp_path / 'run' / 'submitit'}" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_bad_config_with_one_line(demo_shards: Path, tmp_path: Path) -> None:
+    done = run_launcher(["--cpu", "--nodes", "2", "--config", "demo_tiny_cpu", "--output",
+                         str(tmp_path / "run"), f"data.shards={demo_shards}",
+                         "optim.batch_size=5"])
+    assert done.returncode == 2
+    assert done.stderr == "error: optim.batch_size=5 is not divisible by the 2 ranks\n"
+    assert done.stdout == ""
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_main_turns_errors_into_exit_code_2(launcher_module: ModuleType,
+                                                capsys: pytest.CaptureFixture) -> None:
+    assert launcher_module.main(["--cpu", "--config", "demo_tiny_cpu", "optim.nope=1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: unknown config key 'optim.nope'\n"
+
+
+def test_summary_reports_the_loss_trend(tmp_path: Path) -> None:
+    (tmp_path / "summary.json").write_text(json.dumps({
+        "steps": 40, "world_size": 2, "elapsed_s": 12.5,
+        "first_losses": {"loss": 16.0, "loss_cl": 1.5, "loss_ss": 1.45},
+        "last_losses": {"loss": 12.0, "loss_cl": 1.6, "loss_ss": 1.05},
+        "final_checkpoint": "/r/checkpoints/checkpoint-00000040.pt",
+        "log": "/r/log.txt", "tensorboard": "/r/tensorboard",
+    }))
+    assert format_summary(tmp_path).splitlines() == [
+        "pre-training completed: 40 steps on 2 rank(s), 12.5 s of training",
+        "  loss         16.0000 -> 12.0000 (falling)",
+        "  contrastive  1.5000 -> 1.6000 (not falling)",
+        "  saliency     1.4500 -> 1.0500 (falling)",
+        "final checkpoint: /r/checkpoints/checkpoint-00000040.pt",
+        "log: /r/log.txt",
+        "tensorboard: tensorboard --logdir /r/tensorboard",
+    ]

@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ssit.config import ConfigError, load_config
+from ssit.evaluate.config import GradeConfig
+from ssit.evaluate.job import run_grading, validate_grading_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["encoder.model_kwargs={depth: 2, embed_dim: 48, num_heads: 2}", "train.epochs=1"]
+
+
+def tiny_config(dataset: str, path: Path, protocol: str, *overrides: str) -> GradeConfig:
+    return load_config(GradeConfig, "grade_tiny_cpu", [
+        *TINY, f"data.dataset={dataset}", f"data.path={path}", f"train.protocol={protocol}",
+        *overrides,
+    ])
+
+
+def test_finetune_writes_results_and_resumes(layouts, crop_cache, tmp_path):
+    config = tiny_config("folder", layouts["folder"], "finetune", f"data.cache_dir={crop_cache}")
+    result = run_grading(config, tmp_path)
+    for name in ("results.json", "config.yaml", "split.csv", "grade.log", "predictions.csv",
+                 "best.pt", "last.pt", "confusion.png"):
+        assert (tmp_path / name).is_file(), name
+    assert result["selected"] == "epoch 1" and len(result["history"]) == 1
+    test = result["test"]["epoch 1"]
+    assert test["num_samples"] == 10 and len(test["confusion_matrix"]) == 5
+    assert Image.open(tmp_path / "confusion.png").size[0] > 300
+    assert run_grading(config, tmp_path) == json.loads((tmp_path / "results.json").read_text())
+    # one more epoch: the first is resumed from last.pt, not trained again
+    (tmp_path / "results.json").unlink()
+    longer = tiny_config("folder", layouts["folder"], "finetune", f"data.cache_dir={crop_cache}",
+                         "train.epochs=2")
+    resumed = run_grading(longer, tmp_path)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][0] == result["history"][0]
+    assert "resuming from" in (tmp_path / "grade.log").read_text()
+
+
+def test_linear_probe_keeps_backbone_frozen(layouts, crop_cache, tmp_path):
+    import torch
+
+    from ssit.evaluate.encoder import create_encoder
+
+    config = tiny_config("folder", layouts["folder"], "linear", f"data.cache_dir={crop_cache}")
+    run_grading(config, tmp_path)
+    trained = torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.manual_seed(config.train.seed)
+    initial = create_encoder(config.encoder).state_dict()
+    assert all(torch.equal(trained[f"backbone.{key}"], value) for key, value in initial.items())
+
+
+def test_validation_before_submission(layouts, tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        validate_grading_config(tiny_config("folder", tmp_path / "none", "knn"))
+    with pytest.raises(ConfigError, match="not found"):
+        validate_grading_config(tiny_config("ddr", layouts["folder"], "knn"))
+    with pytest.raises(ConfigError, match=r"encoder\.checkpoint"):
+        validate_grading_config(tiny_config("folder", layouts["folder"], "knn",
+                                            f"encoder.checkpoint={tmp_path / 'x.pt'}"))
+    with pytest.raises(ConfigError, match="not divisible"):
+        validate_grading_config(tiny_config("folder", layouts["folder"], "knn",
+                                            "encoder.img_size=70"))
+    with pytest.raises(ConfigError, match="must be one of"):
+        tiny_config("folder", layouts["folder"], "svm")
+    with pytest.raises(ConfigError, match="split_fractions"):
+        tiny_config("folder", layouts["folder"], "knn", "data.split_fractions=[0.5,0.5]")
+
+
+def load_launcher():
+    spec = importlib.util.spec_from_file_location("grade_launcher", REPO / "launch" / "grade.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def launch(capsys, monkeypatch):
+    """Run launch/grade.py's main in this process; return (exit status, stdout, stderr)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    main = load_launcher().main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main(list(args))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
+@pytest.mark.slow
+def test_launcher_local_cpu_end_to_end(demo_shards, tmp_path, launch):
+    run = tmp_path / "run"
+    status, out, err = launch("--checkpoint", "random", "--dataset", "shards", "--data",
+                              str(demo_shards), "--protocol", "knn", "finetune", "--cpu",
+                              "--local", "--config", "grade_tiny_cpu", "--output", str(run),
+                              *TINY)
+    assert status == 0, err[-2000:]
+    assert "| shards  | knn      | random" in out
+    assert "| shards  | finetune | random" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert [(r["dataset"], r["protocol"]) for r in summary] == [("shards", "knn"),
+                                                                ("shards", "finetune")]
+    assert (run / "summary.md").read_text().startswith("| dataset")
+    for name in ("shards-knn", "shards-finetune"):
+        assert (run / name / "results.json").is_file()
+    status, out, _ = launch("--summarize", str(run))
+    assert status == 0 and out.count("| shards ") == 2
+
+
+def test_launcher_dry_run_prints_sbatch_script(demo_shards, tmp_path, launch):
+    status, out, err = launch("--checkpoint", "random", "--dataset", "shards", "--data",
+                              str(demo_shards), "--protocol", "finetune", "knn", "--dry-run",
+                              "--partition", "gpu", "--time", "90", "--output",
+                              str(tmp_path / "run"))
+    assert status == 0, err
+    assert "#SBATCH --gpus-per-node=1" in out
+    assert "#SBATCH --partition=gpu" in out and "#SBATCH --time=90" in out
+    assert "job array of 2 task(s)" in out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "ddr", "aptos2019", "--data", "x"], "one --data per --dataset"),
+        (["--dataset", "folder", "--data", "/nonexistent"], "does not exist"),
+        (["--dataset", "folder", "--data", "."], "not found"),
+        (["--dataset", "folder", "--data", ".", "train.epochz=3"], "unknown config key"),
+    ],
+)
+def test_launcher_rejects_bad_input_with_one_line(args, message, launch):
+    status, _, err = launch("--checkpoint", "random", "--dry-run", *args)
+    assert status == 2
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1

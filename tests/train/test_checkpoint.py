@@ -1,0 +1,231 @@
+"""Checkpoint files: atomic saving under a kill, rotation, newest-readable lookup, RNG states."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssit.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    checkpoint_path,
+    checkpoint_step,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest_checkpoint,
+    restore_rng_state,
+    rotate_checkpoints,
+    save_checkpoint,
+)
+from tests.train.conftest import REPO_ROOT
+
+
+def _state(step: int, value: float = 0.0) -> dict:
+    return {
+        "format": 1, "step": step, "epoch": step // 10, "world_size": 2,
+        "model": {"weight": torch.full((3,), float(value))},
+        "optimizer": {"state": {}, "param_groups": []},
+        "pipeline_states": ["rank0-state", "rank1-state"],
+        "rng_states": [capture_rng_state(), capture_rng_state()],
+    }
+
+
+def test_names_encode_the_step(tmp_path):
+    assert checkpoint_path(tmp_path, 42).name == "checkpoint-00000042.pt"
+    assert checkpoint_step("checkpoint-00000042.pt") == 42
+    assert checkpoint_step("checkpoint-123456789.pt") == 123456789
+    for other in ("checkpoint-42.pt", ".checkpoint-00000042.pt.tmp-7",
+                  "checkpoint-00000042.pt.unreadable", "checkpoint-0000004a.pt", "model.pt"):
+        assert checkpoint_step(other) is None, other
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        checkpoint_path(tmp_path, -1)
+
+
+def test_save_writes_one_complete_file_and_round_trips(tmp_path):
+    path = save_checkpoint(_state(7, 1.5), tmp_path / "ckpt", keep=3)
+    assert path == tmp_path / "ckpt" / "checkpoint-00000007.pt"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint-00000007.pt"]
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 7 and loaded["pipeline_states"] == ["rank0-state", "rank1-state"]
+    assert torch.equal(loaded["model"]["weight"], torch.full((3,), 1.5))
+
+
+def test_listing_is_ordered_by_step_and_ignores_other_files(tmp_path):
+    for step in (30, 4, 100):
+        save_checkpoint(_state(step), tmp_path, keep=10)
+    (tmp_path / ".checkpoint-00000200.pt.tmp-99").write_bytes(b"partial")
+    (tmp_path / "checkpoint-00000300.pt.unreadable").write_bytes(b"bad")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [4, 30, 100]
+    assert list_checkpoints(tmp_path / "missing") == []
+
+
+def test_rotation_keeps_the_newest(tmp_path):
+    for step in range(1, 6):
+        save_checkpoint(_state(step), tmp_path, keep=2)
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [4, 5]
+    assert rotate_checkpoints(tmp_path, keep=1) == [checkpoint_path(tmp_path, 4)]
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        save_checkpoint(_state(9), tmp_path, keep=0)
+
+
+def test_latest_is_the_highest_step(tmp_path):
+    assert load_latest_checkpoint(tmp_path) is None
+    for step in (10, 200, 30):
+        save_checkpoint(_state(step, step), tmp_path, keep=5)
+    path, state = load_latest_checkpoint(tmp_path)
+    assert path.name == "checkpoint-00000200.pt" and state["step"] == 200
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not_a_checkpoint"])
+def test_unreadable_newest_falls_back_with_a_warning(tmp_path, caplog, damage):
+    for step in (1, 2, 3):
+        save_checkpoint(_state(step, step), tmp_path, keep=5)
+    newest = checkpoint_path(tmp_path, 3)
+    if damage == "truncate":
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    elif damage == "garbage":
+        newest.write_bytes(os.urandom(4096))
+    elif damage == "empty":
+        newest.write_bytes(b"")
+    else:
+        torch.save({"weight": torch.zeros(2)}, newest)
+    with caplog.at_level(logging.WARNING, logger="ssit.train.checkpoint"):
+        path, state = load_latest_checkpoint(tmp_path)
+    assert path == checkpoint_path(tmp_path, 2) and state["step"] == 2
+    assert "checkpoint-00000003.pt is unreadable" in caplog.text
+    assert "falling back" in caplog.text
+    # The damaged file is set aside, so later scans and rotations do not trip on it again.
+    assert (tmp_path / "checkpoint-00000003.pt.unreadable").exists()
+    assert [checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [1, 2]
+
+
+def test_no_readable_checkpoint_is_an_error(tmp_path):
+    save_checkpoint(_state(5), tmp_path, keep=5)
+    checkpoint_path(tmp_path, 5).write_bytes(b"not a zip file")
+    with pytest.raises(CheckpointError, match="no readable checkpoint in"):
+        load_latest_checkpoint(tmp_path)
+
+
+def test_load_refuses_incomplete_or_foreign_files(tmp_path):
+    path = tmp_path / "checkpoint-00000001.pt"
+    state = _state(1)
+    del state["pipeline_states"]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="lacks pipeline_states"):
+        load_checkpoint(path)
+    torch.save({**_state(1), "format": 99}, path)
+    with pytest.raises(CheckpointError, match="has format 99"):
+        load_checkpoint(path)
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="does not hold a checkpoint dictionary"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def _start_saver(directory: Path, mode: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.train.workers", "save", str(directory), mode],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"saver exited early ({proc.returncode}): {proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("saver never reached the point where it should be killed")
+        time.sleep(0.002)
+
+
+def _assert_only_first_checkpoint(directory: Path) -> None:
+    assert [p.name for p in list_checkpoints(directory)] == ["checkpoint-00000001.pt"]
+    path, state = load_latest_checkpoint(directory)
+    assert path.name == "checkpoint-00000001.pt"
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.arange(4.0))
+    # The interrupted save leaves only its hidden temporary file, which the next save clears.
+    leftovers = [p.name for p in directory.iterdir() if p.name.startswith(".checkpoint-")]
+    assert leftovers, "the kill should have hit while the temporary file existed"
+    save_checkpoint({**state, "step": 3}, directory, keep=3)
+    assert not [p for p in directory.iterdir() if p.name.startswith(".checkpoint-")]
+
+
+@pytest.mark.slow
+def test_kill_inside_a_save_keeps_the_previous_checkpoint(tmp_path):
+    directory = tmp_path / "ckpt"
+    proc = _start_saver(directory, "blocking")
+    _wait_for((tmp_path / "marker").exists, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _assert_only_first_checkpoint(directory)
+
+
+@pytest.mark.slow
+def test_kill_while_writing_a_huge_tensor_keeps_the_previous_checkpoint(tmp_path):
+    # The 256 MB tensor takes a while to write and fsync; kill once part of it is on disk.
+    for attempt in range(3):
+        directory = tmp_path / f"ckpt{attempt}"
+        proc = _start_saver(directory, "huge")
+
+        def partly_written(directory=directory) -> bool:
+            return any(p.name.startswith(".checkpoint-") and p.stat().st_size > 2**20
+                       for p in directory.glob(".checkpoint-*"))
+
+        try:
+            _wait_for(partly_written, proc)
+        except FileNotFoundError:
+            continue
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # Whatever the moment of the kill, no partial file may carry a checkpoint name.
+        for path in list_checkpoints(directory):
+            load_checkpoint(path)
+        if checkpoint_path(directory, 2).exists():
+            continue  # the save finished before the kill landed; try again
+        _assert_only_first_checkpoint(directory)
+        return
+    pytest.fail("could not kill the saver while it was writing")
+
+
+def test_rng_state_round_trips():
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    saved = capture_rng_state()
+    expected = (random.random(), np.random.rand(3), torch.rand(3))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(saved)
+    assert random.random() == expected[0]
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert torch.equal(torch.rand(3), expected[2])
+
+
+def test_rng_state_survives_a_checkpoint_file(tmp_path):
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    state = _state(1)
+    state["rng_states"] = [capture_rng_state()]
+    expected = (random.random(), np.random.rand(2), torch.rand(2))
+    path = save_checkpoint(state, tmp_path, keep=1)
+    restore_rng_state(load_checkpoint(path)["rng_states"][0])
+    assert random.random() == expected[0]
+    assert np.array_equal(np.random.rand(2), expected[1])
+    assert torch.equal(torch.rand(2), expected[2])

@@ -1,0 +1,201 @@
+"""The pre-training configuration: packaged files, defaults and full validation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ssit.config import ConfigError, load_config
+from ssit.train.config import (
+    PretrainConfig,
+    config_fields_differing,
+    resolve_precision,
+    validate_pretrain_config,
+)
+
+PACKAGED = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "demo_tiny_cpu")
+
+
+def _demo(shards: Path, *overrides: str) -> PretrainConfig:
+    return load_config(PretrainConfig, "demo_tiny_cpu", [f"data.shards={shards}", *overrides])
+
+
+def _refused(cfg: PretrainConfig, world_size: int = 1) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_pretrain_config(cfg, world_size)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_are_the_papers():
+    cfg = PretrainConfig()
+    assert (cfg.model.arch, cfg.model.img_size) == ("vit_small_patch16_224", 224)
+    assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.batch_size) == (300, 40, 512)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.clip_grad) == (1e-3, 0.1, 1.0)
+    assert (cfg.model.temperature, cfg.model.mask_ratio, cfg.model.saliency_threshold) == (
+        0.2, 0.25, 0.5)
+    assert (cfg.loss.w_cl, cfg.loss.w_ss, cfg.loss.ss_decay, cfg.model.momentum) == (
+        1.0, 10.0, False, 0.99)
+    assert (cfg.checkpoint.every_minutes, cfg.checkpoint.every_epochs, cfg.checkpoint.keep) == (
+        30.0, 10, 3)
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_configs_load(name):
+    cfg = load_config(PretrainConfig, name)
+    assert isinstance(cfg, PretrainConfig)
+
+
+def test_paper_config_file_matches_the_defaults():
+    assert load_config(PretrainConfig, "ssit_vits16_eyepacs") == PretrainConfig()
+
+
+def test_mocov3_baseline_has_no_saliency():
+    cfg = load_config(PretrainConfig, "mocov3_vits16_eyepacs")
+    assert cfg.model.pool is None and cfg.model.segmentation is False and cfg.loss.w_ss == 0
+    paper = PretrainConfig()
+    assert (cfg.model.arch, cfg.optim) == (paper.model.arch, paper.optim)
+
+
+def test_demo_config_validates_on_demo_shards(demo_shards):
+    for world_size in (1, 2):
+        validate_pretrain_config(_demo(demo_shards), world_size)
+
+
+def test_mocov3_config_validates(demo_shards):
+    cfg = load_config(PretrainConfig, "mocov3_vits16_eyepacs",
+                      [f"data.shards={demo_shards}", "optim.batch_size=8"])
+    validate_pretrain_config(cfg, 2)
+
+
+def test_overrides_reach_nested_sections(demo_shards):
+    cfg = _demo(demo_shards, "optim.lr=0.5", "model.encoder_kwargs={depth: 2}", "model.pool=null")
+    assert cfg.optim.lr == 0.5 and cfg.model.encoder_kwargs == {"depth": 2}
+    assert cfg.model.pool is None
+
+
+def test_unknown_key_is_refused_in_one_line(demo_shards):
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.lrr'") as info:
+        _demo(demo_shards, "optim.lrr=1")
+    assert "\n" not in str(info.value)
+
+
+def test_wrong_type_is_refused_in_one_line(demo_shards):
+    with pytest.raises(ConfigError, match=r"optim\.batch_size' must be an int") as info:
+        _demo(demo_shards, "optim.batch_size=many")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="precision' must be one of"):
+        _demo(demo_shards, "precision=fp8")
+
+
+def test_missing_shards_are_refused(tmp_path):
+    message = _refused(_demo(tmp_path / "nowhere"))
+    assert message.startswith(f"data.shards '{tmp_path / 'nowhere'}'")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no .tar shards" in _refused(_demo(empty))
+
+
+def test_batch_not_divisible_by_ranks_is_refused(demo_shards):
+    message = _refused(_demo(demo_shards, "optim.batch_size=16"), world_size=3)
+    assert message == "optim.batch_size=16 is not divisible by the 3 ranks"
+
+
+def test_too_few_samples_for_a_batch_is_refused(demo_shards):
+    message = _refused(_demo(demo_shards, "optim.batch_size=64"), world_size=2)
+    assert "too few for one batch of 32 on each of 2 ranks" in message
+
+
+def test_too_few_samples_counts_only_selected_shards(demo_shards, tmp_path):
+    # One shard of the demo set holds 16 samples: 8 per rank cannot fill batches of 16.
+    first = sorted(Path(demo_shards).glob("*.tar"))[0]
+    message = _refused(_demo(first, "optim.batch_size=32"), world_size=2)
+    assert "holds 16 samples" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.mask_ratio=1.0", "'model.mask_ratio' must be in [0, 1)"),
+        ("model.temperature=0", "'model.temperature' must be > 0"),
+        ("model.saliency_threshold=1.5", "'model.saliency_threshold' must be in [0, 1]"),
+        ("model.momentum=1.2", "'model.momentum' must be in [0, 1]"),
+        ("optim.epochs=0", "'optim.epochs' must be > 0"),
+        ("optim.warmup_epochs=9", "'optim.warmup_epochs' must be in [0, optim.epochs]"),
+        ("optim.lr=-1", "'optim.lr' must be > 0"),
+        ("optim.weight_decay=-0.1", "'optim.weight_decay' must be >= 0"),
+        ("optim.clip_grad=0", "'optim.clip_grad' must be > 0 or null"),
+        ("checkpoint.keep=0", "'checkpoint.keep' must be >= 1"),
+        ("checkpoint.every_minutes=-5", "'checkpoint.every_minutes' must be >= 0 or null"),
+        ("log.every_steps=0", "'log.every_steps' must be >= 1"),
+        ("data.num_threads=0", "'data.num_threads' must be > 0"),
+        ("loss.w_ss=-1", "'loss.w_ss' must be >= 0"),
+    ],
+)
+def test_out_of_range_values_are_refused(demo_shards, override, expected):
+    assert expected in _refused(_demo(demo_shards, override))
+
+
+def test_model_problems_are_refused(demo_shards):
+    assert "unknown timm model" in _refused(_demo(demo_shards, "model.arch=vit_huge_imaginary"))
+    assert _refused(_demo(demo_shards, "model.arch=resnet18")).startswith(
+        "model.arch 'resnet18' (img_size 64) cannot be used")
+    assert "not divisible by the patch size 16" in _refused(
+        _demo(demo_shards, "model.img_size=72"))
+    assert "depthh" in _refused(_demo(demo_shards, "model.encoder_kwargs={depthh: 2}"))
+    message = _refused(_demo(demo_shards, "model.segmentation=false"))
+    assert message == "loss.w_ss must be 0 when model.segmentation is false"
+
+
+def test_fp16_needs_a_gpu(demo_shards):
+    assert "fp16 needs a GPU" in _refused(_demo(demo_shards, "precision=fp16"))
+    assert resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("fp16", "cuda") == "fp16"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_world_size_must_be_positive(demo_shards):
+    assert _refused(_demo(demo_shards), world_size=0) == "world size must be at least 1, got 0"
+
+
+def test_shards_without_index_files_are_refused(demo_shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_shards, copy)
+    first_index = sorted(copy.glob("*.idx"))[0]
+    first_index.unlink()
+    message = _refused(_demo(copy), world_size=2)
+    assert message.startswith(f"data.shards '{copy}'") and first_index.name in message
+
+
+def test_shards_without_saliency_are_refused(tmp_path):
+    import io
+    import subprocess
+    import sys
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    tar = tmp_path / "plain-000000.tar"
+    with wds.TarWriter(str(tar)) as writer:
+        for index in range(4):
+            jpeg = io.BytesIO()
+            Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(jpeg, "JPEG")
+            writer.write({"__key__": f"s{index}", "jpg": jpeg.getvalue()})
+    wds2idx = Path(sys.executable).parent / "wds2idx"
+    subprocess.run([str(wds2idx), str(tar), str(tar.with_suffix(".idx"))], check=True,
+                   capture_output=True)
+    assert "no 'sal.png' component" in _refused(_demo(tmp_path))
+
+
+def test_differing_fields_are_listed_by_dotted_key():
+    left = {"seed": 0, "model": {"arch": "a", "img_size": 64}, "optim": {"lr": 1.0}}
+    right = {"seed": 0, "model": {"arch": "b", "img_size": 64}, "optim": {"lr": 2.0}, "x": 1}
+    assert config_fields_differing(left, right) == ["model.arch", "optim.lr", "x"]
+    assert config_fields_differing(left, left) == []
