@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssit.evaluate.export import EXPORT_HELP, add_export_arguments, export_errors, run_export
+
 __all__ = ["SUBCOMMANDS", "Subcommand", "build_parser", "main"]
 
 EXIT_USAGE = 2
@@ -136,6 +138,7 @@ SUBCOMMANDS: list[Subcommand] = [
                _shards_arguments, _shards_run, _prepare_errors),
     Subcommand("preview", "draw a contact sheet of shard samples with their saliency maps",
                _preview_arguments, _preview_run, _prepare_errors),
+    Subcommand("export", EXPORT_HELP, add_export_arguments, run_export, export_errors),
 ]
 
 

@@ -30,7 +30,7 @@ def test_help_lists_the_subcommands():
     assert result.returncode == 0
     for subcommand in SUBCOMMANDS:
         assert subcommand.name in result.stdout
-    assert {"synth", "shards", "preview"} <= {s.name for s in SUBCOMMANDS}
+    assert {"synth", "shards", "preview", "export"} <= {s.name for s in SUBCOMMANDS}
 
 
 def test_missing_input_folder_is_one_line_and_exit_2(tmp_path):
@@ -126,3 +126,11 @@ def test_preview_errors(tmp_path, capsys):
     assert "no .tar shards" in one_error_line(capsys.readouterr().err)
     assert main(["preview", str(tmp_path), "--out", str(tmp_path / "p.jpg")]) == 2
     assert "must end in .png" in one_error_line(capsys.readouterr().err)
+
+
+def test_export_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    out = tmp_path / "b.safetensors"
+    status = main(["export", str(tmp_path / "missing.pt"), "--out", str(out)])
+    assert status == 2
+    assert "missing.pt" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()

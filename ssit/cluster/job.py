@@ -37,6 +37,7 @@ from submitit.helpers import DelayedSubmission
 
 from ssit.train.config import PretrainConfig
 from ssit.train.distributed import DEFAULT_TIMEOUT_S
+from ssit.train.engine import PretrainOutcome, pretrain_main
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +148,7 @@ class PretrainJob:
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_requeues: int | None = None
 
-    def __call__(self) -> Any:
-        from ssit.train.engine import pretrain_main
-
+    def __call__(self) -> PretrainOutcome:
         job_env = JobEnvironment()
         environment = rendezvous_environment(job_env)
         os.environ.update(environment)
@@ -163,7 +162,7 @@ class PretrainJob:
             )
         log.info(
             "rank %d of %d on %s (pid %d), job %s attempt %s, store %s:%s", rank, world,
-            socket.gethostname(), os.getpid(), job_env.job_id,
+            _node_name(), os.getpid(), job_env.job_id,
             os.environ.get("SLURM_RESTART_COUNT", "0"), environment["MASTER_ADDR"],
             environment["MASTER_PORT"],
         )
@@ -213,11 +212,14 @@ class PretrainJob:
         subprocess.run(["scontrol", "requeue", job_env.job_id], check=True, timeout=60)
 
 
+def _node_name() -> str:
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def _configure_logging(rank: int) -> None:
     if logging.getLogger().handlers:
         return
-    host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    text = LOG_FORMAT.format(host=host, rank=rank)
+    text = LOG_FORMAT.format(host=_node_name(), rank=rank)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter(text))
     # submitit prints its own records already.

@@ -218,13 +218,17 @@ def _wait_local(job: Any, plan: PretrainPlan, out: TextIO) -> int:
             # The local job id is the pid of submitit's controller; it forwards SIGTERM.
             os.kill(int(job.job_id), signal.SIGTERM)
     follower.poll()
-    if (plan.run_dir / "summary.json").is_file() and not stopping:
+    try:
+        outcome = job.task(0).result()
+    except Exception as error:  # submitit raises the job's own error or a missing-result error
+        out.write(f"the job failed ({_last_line(error)}); see {job.paths.stderr} and "
+                  f"{plan.run_dir / 'log.txt'}\n")
+        return 1
+    if outcome.status == "completed":
         out.write(format_summary(plan.run_dir))
         return 0
-    if stopping:
-        out.write(f"stopped; resume with --output {plan.run_dir}\n")
-        return 1
-    out.write(f"the job failed; see {job.paths.stderr} and {plan.run_dir / 'log.txt'}\n")
+    out.write(f"stopped at step {outcome.step} with a checkpoint; resume with the same command "
+              f"and --output {plan.run_dir}\n")
     return 1
 
 

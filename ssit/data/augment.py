@@ -1,14 +1,17 @@
 """The SSiT view augmentations as DALI operator graphs (SPEC section 1).
 
-Every function here is called while a DALI pipeline is being defined: it takes data nodes and
-returns data nodes. Images are HWC uint8 RGB, saliency maps HWC uint8 with one channel. The
-geometric functions take the image and its map together and draw their random parameters once,
-so both receive exactly the same crop window, rotation angle and flips.
+Every function here is called while a DALI pipeline with conditionals enabled is being
+defined (`pipeline_def(enable_conditionals=True)`): it takes data nodes and returns data nodes.
+Images are HWC uint8 RGB, saliency maps HWC uint8 with one channel. The geometric functions
+take the image and its map together and draw their random parameters once, so both receive
+exactly the same crop window, rotation angle and flips. (Joining image and map into one
+4-channel tensor to resample them in one call was measured slower on the CPU: the join and
+split copies cost more than the second, one-channel call.)
 
-Random application is arithmetic: an operator whose probability is 0 is left out of the graph,
-one with probability 1 always runs, and one in between runs on every sample with parameters
-blended towards the identity by a coin flip (identity colour twist, one-tap blur, zero angle).
-This keeps the graph free of conditionals and exact: the identity parameters reproduce the input.
+Random application is a per-sample `if` on a coin flip: DALI splits the batch and runs an
+operator only on the samples that drew it, so a skipped operation costs nothing and leaves the
+pixels untouched. Probability 0 leaves the operator out of the graph, probability 1 runs it on
+every sample without splitting.
 """
 
 from __future__ import annotations
@@ -95,9 +98,13 @@ VIEW1 = ViewAugmentation(crop_scale=(0.08, 0.8), blur_p=1.0, solarize_p=0.0)
 VIEW2 = ViewAugmentation(crop_scale=(0.8, 1.0), blur_p=0.1, solarize_p=0.2)
 
 
-def coin(p: float) -> DataNode:
-    """A per-sample float 0/1 that is 1 with probability `p`."""
-    return fn.cast(fn.random.coin_flip(probability=p), dtype=types.FLOAT)
+def coin(p: float) -> DataNode | bool:
+    """A per-sample boolean that is true with probability `p` (a Python bool for p = 0 or 1)."""
+    if p >= 1.0:
+        return True
+    if p <= 0.0:
+        return False
+    return fn.random.coin_flip(probability=p, dtype=types.BOOL)
 
 
 def uniform(lo: float, hi: float) -> DataNode | float:
@@ -107,13 +114,11 @@ def uniform(lo: float, hi: float) -> DataNode | float:
     return fn.random.uniform(range=[lo, hi], dtype=types.FLOAT)
 
 
-def gated(p: float, value: DataNode | float, identity: float) -> DataNode | float:
-    """`value` with probability `p`, else `identity` (resolved at graph level for p = 0 or 1)."""
-    if p >= 1.0:
-        return value
-    if p <= 0.0:
-        return identity
-    return identity + coin(p) * (value - identity)
+def as_float(flag: DataNode | bool) -> DataNode | float:
+    """A coin as 0.0 / 1.0 for arithmetic."""
+    if isinstance(flag, DataNode):
+        return fn.cast(flag, dtype=types.FLOAT)
+    return float(flag)
 
 
 def resized_crop_pair(
@@ -153,59 +158,54 @@ def colour_jitter_grayscale(image: DataNode, aug: ViewAugmentation) -> DataNode:
     Brightness, contrast and saturation factors are uniform in [1 - x, 1 + x], the hue shift
     uniform in +-`hue` of the circle. Grayscale sets the saturation to zero, which leaves the
     luma 0.299 R + 0.587 G + 0.114 B in all three channels, as torchvision's Grayscale does.
+    Samples that get neither are not touched.
     """
-    if aug.jitter_p <= 0.0 and aug.grayscale_p <= 0.0:
-        return image
-    twist: dict[str, DataNode | float] = {}
-    if aug.jitter_p > 0.0:
-        if aug.jitter_p < 1.0:
-            apply = coin(aug.jitter_p)
+    jitter, gray = coin(aug.jitter_p), coin(aug.grayscale_p)
+    jitter_on = as_float(jitter)
 
-            def jittered(value: DataNode, identity: float) -> DataNode:
-                return identity + apply * (value - identity)
-        else:
+    def jittered(value: DataNode | float, identity: float) -> DataNode | float:
+        if jitter is False:
+            return identity
+        return identity + jitter_on * (value - identity)
 
-            def jittered(value: DataNode, identity: float) -> DataNode:
-                return value
-
-        twist["brightness"] = jittered(uniform(1 - aug.brightness, 1 + aug.brightness), 1.0)
-        twist["contrast"] = jittered(uniform(1 - aug.contrast, 1 + aug.contrast), 1.0)
-        twist["saturation"] = jittered(uniform(1 - aug.saturation, 1 + aug.saturation), 1.0)
-        hue_degrees = 360.0 * aug.hue
-        twist["hue"] = jittered(uniform(-hue_degrees, hue_degrees), 0.0)
-    if aug.grayscale_p > 0.0:
-        keep_colour = 1.0 - gated(aug.grayscale_p, 1.0, 0.0)
-        twist["saturation"] = twist.get("saturation", 1.0) * keep_colour
-    return fn.color_twist(image, **twist)
+    hue_degrees = 360.0 * aug.hue
+    brightness = jittered(uniform(1 - aug.brightness, 1 + aug.brightness), 1.0)
+    contrast = jittered(uniform(1 - aug.contrast, 1 + aug.contrast), 1.0)
+    saturation = jittered(uniform(1 - aug.saturation, 1 + aug.saturation), 1.0)
+    hue = jittered(uniform(-hue_degrees, hue_degrees), 0.0)
+    saturation = saturation * (1.0 - as_float(gray))
+    if _either(jitter, gray):
+        image = fn.color_twist(
+            image, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue
+        )
+    return image
 
 
 def gaussian_blur(image: DataNode, aug: ViewAugmentation) -> DataNode:
     """Gaussian blur with sigma uniform in `blur_sigma`, applied with probability `blur_p`.
 
-    The kernel radius is ceil(3 sigma); a skipped sample gets a one-tap kernel (the identity).
+    The kernel radius is ceil(3 sigma).
     """
-    if aug.blur_p <= 0.0:
-        return image
     sigma = uniform(*aug.blur_sigma)
     if isinstance(sigma, DataNode):
-        window = gated(aug.blur_p, 2.0 * dmath.ceil(3.0 * sigma) + 1.0, 1.0)
+        window = fn.cast(2.0 * dmath.ceil(3.0 * sigma) + 1.0, dtype=types.INT32)
     else:
-        window = gated(aug.blur_p, 2.0 * math.ceil(3.0 * sigma) + 1.0, 1.0)
-    if isinstance(window, DataNode):
-        window = fn.cast(window, dtype=types.INT32)
-    return fn.gaussian_blur(image, sigma=sigma, window_size=window)
+        window = 2 * math.ceil(3.0 * sigma) + 1
+    if coin(aug.blur_p):
+        image = fn.gaussian_blur(image, sigma=sigma, window_size=window)
+    return image
 
 
 def solarize(image: DataNode, aug: ViewAugmentation) -> DataNode:
-    """Solarize (x >= threshold -> 255 - x) with probability `solarize_p`, by arithmetic."""
-    if aug.solarize_p <= 0.0:
-        return image
-    x = fn.cast(image, dtype=types.INT16)
-    inverted = x >= aug.solarize_threshold
-    if aug.solarize_p < 1.0:
-        apply = fn.random.coin_flip(probability=aug.solarize_p, dtype=types.UINT8)
-        inverted = inverted * (apply.gpu() if image.device == "gpu" else apply)
-    return fn.cast(x + inverted * (255 - 2 * x), dtype=types.UINT8)
+    """Solarize (x >= threshold -> 255 - x) with probability `solarize_p`, as a lookup table."""
+    if coin(aug.solarize_p):
+        image = fn.lookup_table(
+            image,
+            keys=list(range(256)),
+            values=[255 - x if x >= aug.solarize_threshold else x for x in range(256)],
+            dtype=types.UINT8,
+        )
+    return image
 
 
 def rotate_flip_pair(
@@ -213,25 +213,29 @@ def rotate_flip_pair(
 ) -> tuple[DataNode, DataNode]:
     """Rotation (uniform angle, with `rotation_p`) and h/v flips, identical on image and map.
 
-    All three are composed into one affine transform about the image centre and resampled
-    once, bilinearly, keeping the size and filling with 0 outside the source.
+    A rotated sample gets rotation and flips as one affine transform about the centre,
+    resampled once, bilinearly, keeping the size and filling with 0 outside the source; a
+    sample that is not rotated is only flipped (exact pixel moves, no resampling).
     """
-    if aug.rotation_p <= 0.0 and aug.hflip_p <= 0.0 and aug.vflip_p <= 0.0:
-        return image, saliency
+    hflip, vflip = coin(aug.hflip_p), coin(aug.vflip_p)
+    angle = uniform(-aug.rotation_degrees, aug.rotation_degrees)
     centre = [size / 2.0, size / 2.0]
-    angle = gated(aug.rotation_p, uniform(-aug.rotation_degrees, aug.rotation_degrees), 0.0)
-    sx = 1.0 - 2.0 * gated(aug.hflip_p, 1.0, 0.0)
-    sy = 1.0 - 2.0 * gated(aug.vflip_p, 1.0, 0.0)
-    flips = fn.transforms.scale(scale=_pair(sx, sy), center=centre)
-    matrix = fn.transforms.rotation(flips, angle=_as_node(angle), center=centre)
-    warp = {
-        "matrix": matrix,
-        "size": [size, size],
-        "fill_value": 0,
-        "interp_type": types.INTERP_LINEAR,
-        "inverse_map": False,
-    }
-    return fn.warp_affine(image, **warp), fn.warp_affine(saliency, **warp)
+    if coin(aug.rotation_p):
+        sx, sy = 1.0 - 2.0 * as_float(hflip), 1.0 - 2.0 * as_float(vflip)
+        flips = fn.transforms.scale(scale=_pair(sx, sy), center=centre)
+        matrix = fn.transforms.rotation(flips, angle=_as_node(angle), center=centre)
+        warp = {
+            "matrix": matrix,
+            "size": [size, size],
+            "fill_value": 0,
+            "interp_type": types.INTERP_LINEAR,
+            "inverse_map": False,
+        }
+        image, saliency = fn.warp_affine(image, **warp), fn.warp_affine(saliency, **warp)
+    elif _either(hflip, vflip):
+        flips = {"horizontal": _as_int(hflip), "vertical": _as_int(vflip)}
+        image, saliency = fn.flip(image, **flips), fn.flip(saliency, **flips)
+    return image, saliency
 
 
 def normalise_image(image: DataNode, mean: tuple[float, ...], std: tuple[float, ...]) -> DataNode:
@@ -270,6 +274,20 @@ def augment_view(
     image = solarize(image, aug)
     image, saliency = rotate_flip_pair(image, saliency, size, aug)
     return normalise_image(image, mean, std), saliency_to_unit(saliency)
+
+
+def _either(a: DataNode | bool, b: DataNode | bool) -> DataNode | bool:
+    if isinstance(a, DataNode) and isinstance(b, DataNode):
+        return a | b
+    if isinstance(a, DataNode):
+        return a if not b else True
+    if isinstance(b, DataNode):
+        return b if not a else True
+    return a or b
+
+
+def _as_int(flag: DataNode | bool) -> DataNode | int:
+    return fn.cast(flag, dtype=types.INT32) if isinstance(flag, DataNode) else int(flag)
 
 
 def _as_node(value: DataNode | float) -> DataNode:

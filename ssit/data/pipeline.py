@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from nvidia.dali import Pipeline, fn, types
+from nvidia.dali import Pipeline, fn, pipeline_def, types
 
 from ssit.data.augment import (
     EYEPACS_MEAN,
@@ -108,7 +108,36 @@ def build_dali_pipeline(
     description (`<tar path>:<component>` bytes) as a fifth output.
     """
     gpu = device == "cuda"
-    pipe = Pipeline(
+    # Reshuffling the order of the tars each epoch (same seed on every rank) gives each rank a
+    # different part of the data every epoch; with one tar there is nothing to reorder.
+    shard_order_shuffle = (
+        {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": seed}
+        if len(shard_set.tar_paths) > 1
+        else {}
+    )
+    reader = dict(
+        paths=[str(p) for p in shard_set.tar_paths],
+        index_paths=[str(p) for p in shard_set.index_paths],
+        ext=[IMAGE_EXT, SALIENCY_EXT],
+        missing_component_behavior="error",
+        shard_id=rank,
+        num_shards=world_size,
+        random_shuffle=True,
+        initial_fill=min(1024, max(batch_size, shard_set.num_samples // world_size)),
+        pad_last_batch=True,
+        **shard_order_shuffle,
+        seed=rank_seed(seed + 1, rank),
+        name=_READER,
+    )
+    return _ssit_graph(
+        reader,
+        "mixed" if gpu else "cpu",
+        view1,
+        view2,
+        img_size,
+        mean,
+        std,
+        with_source,
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id if gpu else None,
@@ -117,39 +146,28 @@ def build_dali_pipeline(
         enable_checkpointing=True,
         checkpoint=checkpoint,
     )
-    # Reshuffling the order of the tars each epoch (same seed on every rank) gives each rank a
-    # different part of the data every epoch; with one tar there is nothing to reorder.
-    shard_order_shuffle = (
-        {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": seed}
-        if len(shard_set.tar_paths) > 1
-        else {}
-    )
-    with pipe:
-        jpeg, png = fn.readers.webdataset(
-            paths=[str(p) for p in shard_set.tar_paths],
-            index_paths=[str(p) for p in shard_set.index_paths],
-            ext=[IMAGE_EXT, SALIENCY_EXT],
-            missing_component_behavior="error",
-            shard_id=rank,
-            num_shards=world_size,
-            random_shuffle=True,
-            initial_fill=min(1024, max(batch_size, shard_set.num_samples // world_size)),
-            pad_last_batch=True,
-            **shard_order_shuffle,
-            seed=rank_seed(seed + 1, rank),
-            name=_READER,
-        )
-        image_shape = fn.peek_image_shape(jpeg)
-        decoder = "mixed" if gpu else "cpu"
-        image = fn.decoders.image(jpeg, device=decoder, output_type=types.RGB)
-        saliency = fn.decoders.image(png, device=decoder, output_type=types.GRAY)
-        x1, m1 = augment_view(image, saliency, image_shape, view1, img_size, mean, std)
-        x2, m2 = augment_view(image, saliency, image_shape, view2, img_size, mean, std)
-        outputs = [x1, x2, m1, m2]
-        if with_source:
-            outputs.append(fn.get_property(jpeg, key="source_info"))
-        pipe.set_outputs(*outputs)
-    return pipe
+
+
+@pipeline_def(enable_conditionals=True)
+def _ssit_graph(
+    reader: dict,
+    decoder: str,
+    view1: ViewAugmentation,
+    view2: ViewAugmentation,
+    img_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    with_source: bool,
+) -> tuple:
+    jpeg, png = fn.readers.webdataset(**reader)
+    image_shape = fn.peek_image_shape(jpeg)
+    image = fn.decoders.image(jpeg, device=decoder, output_type=types.RGB)
+    saliency = fn.decoders.image(png, device=decoder, output_type=types.GRAY)
+    x1, m1 = augment_view(image, saliency, image_shape, view1, img_size, mean, std)
+    x2, m2 = augment_view(image, saliency, image_shape, view2, img_size, mean, std)
+    if with_source:
+        return x1, x2, m1, m2, fn.get_property(jpeg, key="source_info")
+    return x1, x2, m1, m2
 
 
 class PretrainPipeline:

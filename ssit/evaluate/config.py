@@ -107,6 +107,9 @@ class TrainConfig:
     weight_decay: float | None = None  # None: 1e-5 fine-tune, 0 linear probe
     warmup_epochs: float = 0.0
     head_init_std: float = 0.01
+    # The regression head learns at lr * head_lr_scale (1: one rate for all, as in the paper).
+    # A larger scale lets a freshly initialised head keep up with a backbone trained slowly.
+    head_lr_scale: float = 1.0
     thresholds: list[float] = field(default_factory=lambda: list(REGRESSION_THRESHOLDS))
     device: str = "auto"  # auto (cuda when available), cuda, cpu
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on cuda, fp32 on cpu
@@ -119,6 +122,8 @@ class TrainConfig:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.head_lr_scale <= 0:
+            raise ValueError(f"train.head_lr_scale must be positive, got {self.head_lr_scale}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError("train.warmup_epochs must be in [0, train.epochs)")
         steps = [b - a for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)]

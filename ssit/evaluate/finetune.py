@@ -81,15 +81,15 @@ def fit_regression(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=cfg.base_lr, weight_decay=cfg.decay)
+    groups = parameter_groups(model, cfg.head_lr_scale)
+    optimizer = torch.optim.Adam(groups, lr=cfg.base_lr, weight_decay=cfg.decay)
     state = _resume(model, optimizer, out_dir)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise TrainingError("the training loader yields no batches")
-    LOGGER.info("training %d parameters for %d epochs of %d steps (lr %.2g, wd %.2g)",
-                sum(p.numel() for p in parameters), cfg.epochs, steps_per_epoch,
-                cfg.base_lr, cfg.decay)
+    LOGGER.info("training %d parameters for %d epochs of %d steps (lr %.2g, head x%g, wd %.2g)",
+                sum(p.numel() for group in groups for p in group["params"]), cfg.epochs,
+                steps_per_epoch, cfg.base_lr, cfg.head_lr_scale, cfg.decay)
     for epoch in range(state.start_epoch, cfg.epochs):
         _seed_epoch(train_loader, cfg.seed, epoch)
         model.train()
@@ -100,7 +100,7 @@ def fit_regression(
             lr = learning_rate(epoch + step / steps_per_epoch, cfg.base_lr, cfg.warmup_epochs,
                                cfg.epochs)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             with autocast(device, precision):
                 scores = model(images.to(device, non_blocking=True))
             loss = torch.nn.functional.mse_loss(scores.float(), grades.to(device).float())
@@ -129,6 +129,17 @@ def fit_regression(
                                      weights_only=True))
     LOGGER.info("selected epoch %d (val kappa %.4f)", state.best_epoch, state.best_val_kappa)
     return FitResult(state.best_epoch, state.best_val_kappa, state.history)
+
+
+def parameter_groups(model: GradingModel, head_lr_scale: float = 1.0) -> list[dict]:
+    """Optimiser groups of the trainable parameters: the backbone's, then the head's.
+
+    Each group carries ``lr_scale``, the factor applied to the scheduled learning rate.
+    """
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    groups = [{"params": backbone, "lr_scale": 1.0}] if backbone else []
+    return [*groups, {"params": head, "lr_scale": head_lr_scale}]
 
 
 @dataclass

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,24 +56,14 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(args)} failed: {done.stderr.strip()}")
         return done.stdout
 
-    def job_field(self, job_id: str, name: str) -> str:
-        """One field of ``scontrol show job`` (e.g. JobState, Restarts)."""
-        text = self.command("scontrol", "show", "job", job_id)
-        match = re.search(rf"\b{name}=(\S*)", text)
-        if match is None:
-            raise RuntimeError(f"no {name} in scontrol's record of job {job_id}")
-        return match.group(1)
-
-    def wait_finished(self, job_id: str, timeout: float) -> str:
-        """Wait until the job ends; return its final state."""
-        deadline = time.monotonic() + timeout
-        state = "unknown"
-        while time.monotonic() < deadline:
-            state = self.job_field(job_id, "JobState")
-            if state in FINISHED_STATES:
-                return state
-            time.sleep(1.0)
-        raise TimeoutError(f"job {job_id} still {state} after {timeout:.0f}s")
+    def job_fields(self) -> dict[str, dict[str, str]]:
+        """Every job the controller knows, as ``{job id: {field: value}}`` (one scontrol call)."""
+        jobs = {}
+        for line in self.command("scontrol", "show", "job", "--oneliner").splitlines():
+            fields = dict(re.findall(r"(\w+)=(\S*)", line))
+            if "JobId" in fields:
+                jobs[fields["JobId"]] = fields
+        return jobs
 
 
 def _free_port_base(count: int) -> int:

@@ -134,14 +134,14 @@ class Scenario:
             assert submitted_job_id(out) == self.job_id
         return out
 
-    def check_finished(self, cluster: SlurmCluster) -> bool:
-        if self.job_id and not self.state:
-            state = cluster.job_field(self.job_id, "JobState")
-            if state in FINISHED_STATES:
-                self.state = state
-                self.restarts = int(cluster.job_field(self.job_id, "Restarts"))
-                if self.killed_at is not None:
-                    self.failed_after_s = time.monotonic() - self.killed_at
+    def check_finished(self, jobs: dict[str, dict[str, str]]) -> bool:
+        """Record the job's final state once ``jobs`` (scontrol's view) shows it ended."""
+        fields = jobs.get(self.job_id, {})
+        if self.job_id and not self.state and fields.get("JobState") in FINISHED_STATES:
+            self.state = fields["JobState"]
+            self.restarts = int(fields["Restarts"])
+            if self.killed_at is not None:
+                self.failed_after_s = time.monotonic() - self.killed_at
         return bool(self.state)
 
 
@@ -222,7 +222,8 @@ def finished_runs(
             job.poll(slurm_cluster)
         if time.monotonic() >= next_state_check:
             next_state_check = time.monotonic() + 1.0
-            done = all([job.check_finished(slurm_cluster) for job in scenarios.values()])
+            known = slurm_cluster.job_fields()
+            done = all([job.check_finished(known) for job in scenarios.values()])
             reference = scenarios["reference"]
             if resubmission.launcher is None and reference.state == "COMPLETED":
                 resubmission.start(reference.run_dir, demo_shards)

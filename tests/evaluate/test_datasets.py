@@ -182,7 +182,8 @@ def break_ddr_listing(root: Path) -> None:
 
 
 def break_ddr_image(root: Path) -> None:
-    next((root / "DR_grading" / "test").glob("*.jpg")).unlink()
+    first = (root / "DR_grading" / "test.txt").read_text().split()[0]  # a grade-0 image
+    (root / "DR_grading" / "test" / first).unlink()
 
 
 def break_folder_grade(root: Path) -> None:
