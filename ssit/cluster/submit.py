@@ -158,8 +158,8 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     executor = make_executor(args, plan.log_dir, **resources)
     job_callable = PretrainJob(plan.config, plan.run_dir, timeout_s=args.dist_timeout)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    # Local tasks inherit an ignored SIGINT: Ctrl-C reaches them only through their own
-    # handler (which saves a checkpoint), never as a KeyboardInterrupt in submitit's controller.
+    # submitit's local controller inherits an ignored SIGINT, so Ctrl-C does not make it kill
+    # the tasks; they catch SIGINT themselves and stop at a step boundary with a checkpoint.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if args.local else None
     try:
         job = executor.submit(job_callable)

@@ -134,7 +134,9 @@ def test_uninstall_puts_the_previous_handlers_back() -> None:
     previous = signal.signal(signal.SIGUSR2, earlier)
     try:
         request = StopRequest().install()
-        assert signal.getsignal(signal.SIGUSR2) == request._handle
+        assert signal.getsignal(signal.SIGUSR2) is not earlier
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert request.requeue
         assert request.previous_handler(signal.SIGUSR2) is earlier
         request.uninstall()
         assert signal.getsignal(signal.SIGUSR2) is earlier
