@@ -34,16 +34,21 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 pillow-simd:
 	@if $(PY) -c "import PIL, sys; sys.exit('post' not in PIL.__version__)" 2>/dev/null; then \
 	  echo "pillow-simd already installed"; exit 0; fi; \
-	cc="cc"; grep -qw avx2 /proc/cpuinfo && cc="cc -mavx2"; \
-	rm -rf $(VENV)/pillow-simd-wheel; \
-	if CC="$$cc" $(PIP) wheel -q --no-deps --no-binary pillow-simd -w $(VENV)/pillow-simd-wheel \
-	     "pillow-simd==12.1.1.post0" > $(VENV)/pillow-simd-build.log 2>&1; then \
-	  $(PIP) uninstall -q -y pillow && $(PIP) install -q --no-deps $(VENV)/pillow-simd-wheel/*.whl \
-	  && echo "pillow-simd installed (CC=$$cc)"; \
-	else \
-	  echo "pillow-simd could not be built (log: $(VENV)/pillow-simd-build.log); keeping Pillow."; \
-	  echo "  fix: apt-get install libjpeg62-turbo-dev zlib1g-dev libpng-dev, then make pillow-simd"; \
-	fi
+	wheel=$$(ls $(VENV)/pillow-simd-wheel/pillow_simd-*.whl 2>/dev/null | head -1); \
+	if [ -z "$$wheel" ]; then \
+	  cc="cc"; grep -qw avx2 /proc/cpuinfo && cc="cc -mavx2"; \
+	  echo "building pillow-simd (CC=$$cc)"; \
+	  if CC="$$cc" $(PIP) wheel -q --no-deps --no-binary pillow-simd -w $(VENV)/pillow-simd-wheel \
+	       "pillow-simd==12.1.1.post0" > $(VENV)/pillow-simd-build.log 2>&1; then \
+	    wheel=$$(ls $(VENV)/pillow-simd-wheel/pillow_simd-*.whl | head -1); \
+	  else \
+	    echo "pillow-simd could not be built (log: $(VENV)/pillow-simd-build.log); keeping Pillow."; \
+	    echo "  fix: apt-get install libjpeg62-turbo-dev zlib1g-dev libpng-dev, then make pillow-simd"; \
+	    exit 0; \
+	  fi; \
+	fi; \
+	$(PIP) uninstall -q -y pillow pillow-simd && \
+	$(PIP) install -q --no-deps --force-reinstall "$$wheel" && echo "pillow-simd installed"
 
 test: install
 	$(PY) -m ruff check ssit launch tests benchmarks
@@ -78,7 +83,7 @@ bench: install
 	$(PY) -m benchmarks.run --out BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) shards/raw shards/demo shards/demo-preview.png
+	rm -rf $(VENV) shards/raw shards/demo shards/demo-preview.png $(DEMO_RUN)
 
 # One-machine SLURM test cluster (root, Debian's slurmctld, slurmd and slurm-client): one
 # controller and two nodes; afterwards `export SLURM_CONF=$(SSIT_CLUSTER_DIR)/slurm.conf`.
