@@ -19,6 +19,8 @@ from typing import Any
 import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
+from ssit.cli import non_negative_int, positive_float, positive_int
+
 # Seconds between SLURM's warning signal and the end of the time limit: time to stop at a step
 # boundary, write a checkpoint and requeue.
 DEFAULT_SIGNAL_DELAY_S = 120
@@ -40,19 +42,19 @@ def add_slurm_arguments(
     group.add_argument("--qos", help="SLURM quality of service")
     group.add_argument("--constraint", help="SLURM node feature constraint, e.g. a100")
     group.add_argument(
-        "--time", type=_positive_int, default=default_time_min, metavar="MIN",
+        "--time", type=positive_int, default=default_time_min, metavar="MIN",
         help=f"time limit of one allocation in minutes (default: {default_time_min})",
     )
     group.add_argument(
-        "--mem-gb", type=_positive_float, metavar="GB", help="memory per node (default: the site's)"
+        "--mem-gb", type=positive_float, metavar="GB", help="memory per node (default: the site's)"
     )
     group.add_argument(
-        "--signal-delay", type=_positive_int, default=DEFAULT_SIGNAL_DELAY_S, metavar="S",
+        "--signal-delay", type=positive_int, default=DEFAULT_SIGNAL_DELAY_S, metavar="S",
         help="seconds before the time limit at which the job is told to checkpoint and requeue "
         f"(default: {DEFAULT_SIGNAL_DELAY_S})",
     )
     group.add_argument(
-        "--max-requeues", type=_non_negative_int, default=DEFAULT_MAX_REQUEUES, metavar="N",
+        "--max-requeues", type=non_negative_int, default=DEFAULT_MAX_REQUEUES, metavar="N",
         help="requeues after hitting the time limit before the job gives up "
         f"(preemptions do not count; default: {DEFAULT_MAX_REQUEUES})",
     )
@@ -182,30 +184,3 @@ def _memory(gigabytes: float) -> str:
     if gigabytes == int(gigabytes):
         return f"{int(gigabytes)}GB"
     return f"{int(gigabytes * 1024)}MB"
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-    return value
