@@ -23,6 +23,7 @@ from ssit.evaluate.submit import add_grade_arguments, launch_grading
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the options and submit (or dry-run, or run locally) the grading jobs."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -19,6 +19,7 @@ from ssit.config import ConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the options and submit (or dry-run, or run locally) the pre-training job."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
     )

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,17 @@ def _check_resources(
         raise LaunchError(f"--gpus-per-node must not be negative, got {gpus_per_node}")
     if cpus_per_task is not None and cpus_per_task < 1:
         raise LaunchError(f"--cpus-per-task must be at least 1, got {cpus_per_task}")
+
+
+def default_run_dir(kind: str) -> Path:
+    """A fresh run folder name under ``runs/``: ``<kind>-<date>-<time>``."""
+    return Path("runs") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def last_line(error: BaseException) -> str:
+    """The last non-empty line of an error's message (what sbatch or SLURM said last)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _memory(gigabytes: float) -> str:

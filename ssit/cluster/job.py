@@ -35,7 +35,9 @@ from typing import Any
 from submitit.core.job_environment import JobEnvironment, SignalHandler
 from submitit.helpers import DelayedSubmission
 
-from ssit.train.config import PretrainConfig
+from ssit.cli import non_negative_int
+from ssit.cluster.executor import DEFAULT_MAX_REQUEUES
+from ssit.train.config import DEFAULT_CONFIG, PretrainConfig
 from ssit.train.distributed import DEFAULT_TIMEOUT_S
 from ssit.train.engine import PretrainOutcome, pretrain_main
 
@@ -237,10 +239,10 @@ def run_without_submitit(argv: Sequence[str] | None = None) -> int:
         prog="python -m ssit.cluster",
         description="Run one rank of the pre-training job under srun (no submitit).",
     )
-    parser.add_argument("--config", default="ssit_vits16_eyepacs", help="YAML file or name")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML file or name")
     parser.add_argument("--output", required=True, type=Path, help="run directory")
-    parser.add_argument("--max-requeues", type=int, default=20,
-                        help="requeues before the job gives up (default: 20)")
+    parser.add_argument("--max-requeues", type=non_negative_int, default=DEFAULT_MAX_REQUEUES,
+                        help=f"requeues before the job gives up (default: {DEFAULT_MAX_REQUEUES})")
     parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
                         help="seconds a collective may wait for a peer")
     parser.add_argument("overrides", nargs="*", metavar="key=value")

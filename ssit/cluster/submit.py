@@ -17,7 +17,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,16 +25,22 @@ import yaml
 from ssit.cluster.executor import (
     LaunchError,
     add_slurm_arguments,
+    default_run_dir,
+    last_line,
     make_executor,
     sbatch_preview,
 )
 from ssit.cluster.job import PretrainJob
 from ssit.config import ConfigError, config_to_dict, load_config
-from ssit.train.config import PretrainConfig, config_fields_differing, validate_pretrain_config
+from ssit.train.config import (
+    DEFAULT_CONFIG,
+    PretrainConfig,
+    config_fields_differing,
+    validate_pretrain_config,
+)
 from ssit.train.distributed import DEFAULT_TIMEOUT_S
 from ssit.train.engine import RESUME_LOCKED_KEYS
 
-DEFAULT_CONFIG = "ssit_vits16_eyepacs"
 DEFAULT_GPUS_PER_NODE = 8
 JOB_NAME = "ssit-pretrain"
 
@@ -124,7 +129,8 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
     config = _with_absolute_shards(config)
     validate_pretrain_config(config, args.nodes * tasks_per_node)
 
-    run_dir = (args.output or _default_run_dir(args.config)).expanduser().absolute()
+    run_name = f"pretrain-{Path(args.config).stem}"
+    run_dir = (args.output or default_run_dir(run_name)).expanduser().absolute()
     resume = _check_resumable(run_dir, config)
     cpus_per_task = args.cpus_per_task
     if cpus_per_task is None:
@@ -164,7 +170,7 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     try:
         job = executor.submit(job_callable)
     except Exception as error:  # submitit wraps sbatch's refusal in several exception types
-        raise LaunchError(f"submission failed: {_last_line(error)}") from None
+        raise LaunchError(f"submission failed: {last_line(error)}") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -221,7 +227,7 @@ def _wait_local(job: Any, plan: PretrainPlan, out: TextIO) -> int:
     try:
         outcome = job.task(0).result()
     except Exception as error:  # submitit raises the job's own error or a missing-result error
-        out.write(f"the job failed ({_last_line(error)}); see {job.paths.stderr} and "
+        out.write(f"the job failed ({last_line(error)}); see {job.paths.stderr} and "
                   f"{plan.run_dir / 'log.txt'}\n")
         return 1
     if outcome.status == "completed":
@@ -262,11 +268,6 @@ def _with_absolute_shards(config: PretrainConfig) -> PretrainConfig:
     return dataclasses.replace(config, data=data)
 
 
-def _default_run_dir(config_name: str | Path) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"pretrain-{Path(config_name).stem}-{stamp}"
-
-
 def _check_resumable(run_dir: Path, config: PretrainConfig) -> bool:
     """True when ``run_dir`` holds a run this config may resume; raise if it may not."""
     saved_path = run_dir / "config.yaml"
@@ -278,7 +279,7 @@ def _check_resumable(run_dir: Path, config: PretrainConfig) -> bool:
         saved = yaml.safe_load(saved_path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise LaunchError(f"cannot read the config of the run in {run_dir}: "
-                          f"{_last_line(error)}") from None
+                          f"{last_line(error)}") from None
     differing = config_fields_differing(saved, config_to_dict(config))
     locked = [key for key in differing if key.startswith(RESUME_LOCKED_KEYS)]
     if locked:
@@ -287,11 +288,6 @@ def _check_resumable(run_dir: Path, config: PretrainConfig) -> bool:
             "or the same settings to resume it"
         )
     return True
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 __all__ = [

@@ -100,14 +100,17 @@ class ShardSet:
 
     @property
     def tar_paths(self) -> list[Path]:
+        """The tar files, in reading order."""
         return [shard.tar_path for shard in self.shards]
 
     @property
     def index_paths(self) -> list[Path]:
+        """One DALI index per tar (a cleaned copy where samples were left out)."""
         return [self._index_path(number) for number in range(len(self.shards))]
 
     @property
     def num_samples(self) -> int:
+        """Samples the reader will see, over all shards."""
         return sum(len(shard.samples) for shard in self.shards)
 
     def replace_undecodable(self, num_workers: int = 4) -> list[str]:

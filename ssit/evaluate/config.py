@@ -134,12 +134,14 @@ class TrainConfig:
 
     @property
     def base_lr(self) -> float:
+        """The learning rate: ``lr`` if given, else the protocol's default."""
         if self.lr is not None:
             return self.lr
         return 2e-3 if self.protocol == "linear" else 2e-5
 
     @property
     def decay(self) -> float:
+        """The weight decay: ``weight_decay`` if given, else the protocol's default."""
         if self.weight_decay is not None:
             return self.weight_decay
         return 0.0 if self.protocol == "linear" else 1e-5

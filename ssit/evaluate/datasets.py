@@ -150,6 +150,7 @@ def class_counts(items: Iterable[GradedImage]) -> list[int]:
 
 
 def log_class_counts(dataset: str, split: str, items: Sequence[GradedImage]) -> None:
+    """Log how many images of each grade a split holds."""
     counts = ", ".join(f"{g}: {n}" for g, n in enumerate(class_counts(items)))
     LOGGER.info("%s %s: %d images (grades %s)", dataset, split, len(items), counts)
 
@@ -299,8 +300,10 @@ def _parse_grade(text: str, where: str, allowed: Iterable[int] = range(NUM_GRADE
             raise ValueError
     except ValueError:
         raise DatasetError(f"{where}: grade {text!r} is not an integer") from None
+    allowed = sorted(allowed)
     if grade not in allowed:
-        raise DatasetError(f"{where}: grade {grade} is outside 0-{NUM_GRADES - 1}")
+        expected = ", ".join(map(str, allowed))
+        raise DatasetError(f"{where}: grade {grade} is not one of {expected}")
     return grade
 
 

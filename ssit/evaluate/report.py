@@ -45,6 +45,7 @@ def write_json(value: Any, path: str | Path) -> Path:
 
 
 def format_number(value: Any, digits: int = 4) -> str:
+    """A metric for a table: rounded to ``digits``, ``-`` when missing or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):

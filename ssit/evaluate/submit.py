@@ -16,11 +16,17 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ssit.cluster.executor import LaunchError, add_slurm_arguments, make_executor, sbatch_preview
+from ssit.cluster.executor import (
+    LaunchError,
+    add_slurm_arguments,
+    default_run_dir,
+    last_line,
+    make_executor,
+    sbatch_preview,
+)
 from ssit.config import ConfigError, load_config
 from ssit.evaluate.config import DATASETS, PROTOCOLS, GradeConfig
 from ssit.evaluate.job import RESULTS_FILE, GradingJob, validate_grading_config
@@ -52,6 +58,7 @@ class GradingPlan:
 
     @property
     def log_dir(self) -> Path:
+        """Where submitit keeps the jobs' pickles and console logs."""
         return self.run_dir / "submitit"
 
 
@@ -104,7 +111,7 @@ def plan_grading(args: argparse.Namespace) -> GradingPlan:
     if len(set(pairs)) != len(pairs):
         raise LaunchError("a dataset or protocol is named twice")
     base = load_config(GradeConfig, args.config, args.overrides)
-    run_dir = (args.output or _default_run_dir()).expanduser().absolute()
+    run_dir = (args.output or default_run_dir("grade")).expanduser().absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise LaunchError(f"--output {run_dir} exists and is not a folder")
     tasks = []
@@ -114,7 +121,7 @@ def plan_grading(args: argparse.Namespace) -> GradingPlan:
             validate_grading_config(config)
             name = f"{dataset}-{protocol}"
             tasks.append(GradingTask(name, config, run_dir / name))
-    cpus = args.cpus_per_task or base.data.num_workers + 2
+    cpus = args.cpus_per_task if args.cpus_per_task is not None else base.data.num_workers + 2
     if cpus < 1:
         raise LaunchError(f"--cpus-per-task must be at least 1, got {cpus}")
     return GradingPlan(tasks, run_dir, 0 if args.cpu else 1, cpus)
@@ -227,7 +234,7 @@ def _submit(executor: Any, tasks: Sequence[GradingTask]) -> list[Any]:
         with executor.batch():
             jobs = [executor.submit(GradingJob(task.config, task.out_dir)) for task in tasks]
     except Exception as error:  # submitit wraps sbatch's refusal in several exception types
-        raise LaunchError(f"submission failed: {_last_line(error)}") from None
+        raise LaunchError(f"submission failed: {last_line(error)}") from None
     return jobs
 
 
@@ -235,15 +242,8 @@ def _result(job: Any, task: GradingTask, out: TextIO) -> dict[str, Any] | None:
     try:
         return job.result()
     except Exception as error:  # a failed job is reported and the others still summarised
-        out.write(f"job {job.job_id} ({task.name}) failed: {_last_line(error)}; "
+        out.write(f"job {job.job_id} ({task.name}) failed: {last_line(error)}; "
                   f"see {job.paths.stderr}\n")
         return None
 
 
-def _default_run_dir() -> Path:
-    return Path("runs") / f"grade-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__

@@ -37,12 +37,13 @@ def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> to
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    q = F.normalize(q.float(), dim=1)
-    k = gather_from_all_ranks(F.normalize(k.float(), dim=1))
-    logits = q @ k.T / temperature
-    rank = dist.get_rank() if _distributed() else 0
-    labels = torch.arange(q.shape[0], device=q.device) + q.shape[0] * rank
-    return F.cross_entropy(logits, labels) * (2 * temperature)
+    with torch.autocast(q.device.type, enabled=False):
+        q = F.normalize(q.float(), dim=1)
+        k = gather_from_all_ranks(F.normalize(k.float(), dim=1))
+        logits = q @ k.T / temperature
+        rank = dist.get_rank() if _distributed() else 0
+        labels = torch.arange(q.shape[0], device=q.device) + q.shape[0] * rank
+        return F.cross_entropy(logits, labels) * (2 * temperature)
 
 
 def saliency_segmentation_loss(

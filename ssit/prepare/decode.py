@@ -62,7 +62,7 @@ def load_image(path: str | Path, target: int | None = 512) -> DecodedImage:
         raise BadImageError("empty file")
     if data.startswith(_JPEG_MAGIC):
         return _decode_jpeg(data, target)
-    return _decode_other(data, target)
+    return _decode_other(data)
 
 
 def _draft_size(width: int, height: int, target: int) -> tuple[int, int]:
@@ -98,7 +98,7 @@ def _decode_jpeg(data: bytes, target: int | None) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(rgb), original_size, scale, converted)
 
 
-def _decode_other(data: bytes, target: int | None) -> DecodedImage:
+def _decode_other(data: bytes) -> DecodedImage:
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if array is None:
         return _decode_with_pillow(data)

@@ -64,7 +64,7 @@ def preprocess_image(path: str | Path, size: int = CROP_SIZE) -> Preprocessed:
 
 
 def encode_sample(
-    item: Preprocessed, *, key: str, source: str, grade: int | None, dataset: str
+    item: Preprocessed, *, source: str, grade: int | None, dataset: str
 ) -> dict[str, bytes]:
     """The members of one sample, by extension: ``jpg``, ``sal.png``, ``json`` and ``cls``.
 

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = 1
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 GRADES = range(5)
+GRADE_TEXTS = frozenset(str(grade) for grade in GRADES)
 _STATE_DIR = ".state"
 _TAR_MTIME = 0
 
@@ -93,10 +95,12 @@ class ShardReport:
 
     @property
     def manifest(self) -> Path:
+        """The manifest file of the written shards."""
         return self.out_dir / "manifest.json"
 
     @property
     def skipped_csv(self) -> Path:
+        """The list of skipped files with their reasons."""
         return self.out_dir / "skipped.csv"
 
     def summary(self) -> str:
@@ -133,7 +137,6 @@ class _Outcome(NamedTuple):
 @dataclass
 class _Plan:
     dataset: str
-    shard_size: int
     shards: list[list[_Task]]
     skipped: list[tuple[str, str]]
     label_notes: list[tuple[str, str]]
@@ -229,7 +232,7 @@ def read_labels(path: str | Path) -> Labels:
             problems[image] = f"labels line {line} has {len(row)} columns, expected 2"
             continue
         value = row[1].strip()
-        grade = int(value) if value.isdigit() else -1
+        grade = int(value) if value in GRADE_TEXTS else -1
         if grade not in GRADES:
             problems[image] = f"labels line {line}: grade {value!r} is not an integer 0-4"
         elif image in grades and grades[image] != grade:
@@ -280,7 +283,8 @@ def _make_plan(
     for path in files:
         source = path.relative_to(input_dir).as_posix()
         image_id = path.stem
-        key = image_id.replace(".", "_")
+        # Dots would split the key from its extensions and whitespace would break the DALI index.
+        key = re.sub(r"[.\s]", "_", image_id)
         if key in owner:
             skipped.append((source, f"duplicate image id {key!r} (already used by {owner[key]})"))
             continue
@@ -313,7 +317,7 @@ def _make_plan(
     shuffled = [tasks[i] for i in order]
     shards = [shuffled[i : i + shard_size] for i in range(0, len(shuffled), shard_size)]
     fingerprints = [_fingerprint(shard) for shard in shards]
-    return _Plan(dataset, shard_size, shards, skipped, label_notes, fingerprints)
+    return _Plan(dataset, shards, skipped, label_notes, fingerprints)
 
 
 def _fingerprint(tasks: Sequence[_Task]) -> str:
@@ -333,9 +337,7 @@ def _process(task: _Task) -> _Outcome:
     """Turn one planned image into a sample, or into a skip reason; never raises."""
     try:
         item = preprocess_image(task.path, CROP_SIZE)
-        members = encode_sample(
-            item, key=task.key, source=task.source, grade=task.grade, dataset=task.dataset
-        )
+        members = encode_sample(item, source=task.source, grade=task.grade, dataset=task.dataset)
     except BadImageError as error:
         return _Outcome(task.source, task.key, task.grade, None, str(error), None, False,
                         (0, 0, 0), (0, 0, 0))
@@ -705,17 +707,24 @@ def _finish(
 def iter_samples(shards: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
     """Samples of tar shards as dicts ``{"__key__": key, extension: bytes, ...}``, in order."""
     for shard in shards:
-        with tarfile.open(shard, "r:") as tar:
-            sample: dict[str, Any] = {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, extension = member.name.partition(".")
-                if sample and sample["__key__"] != key:
-                    yield sample
-                    sample = {}
-                sample["__key__"] = key
-                handle = tar.extractfile(member)
-                sample[extension] = handle.read() if handle else b""
-            if sample:
+        try:
+            yield from _tar_samples(Path(shard))
+        except tarfile.TarError as error:
+            raise PrepareError(f"cannot read shard {shard}: {error}") from None
+
+
+def _tar_samples(shard: Path) -> Iterator[dict[str, Any]]:
+    with tarfile.open(shard, "r:") as tar:
+        sample: dict[str, Any] = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            if sample and sample["__key__"] != key:
                 yield sample
+                sample = {}
+            sample["__key__"] = key
+            handle = tar.extractfile(member)
+            sample[extension] = handle.read() if handle else b""
+        if sample:
+            yield sample

@@ -5,7 +5,8 @@ top and bottom, like EyePACS), made either from the photograph scikit-image ship
 (``skimage.data.retina()``, varied by rotation, mirroring, scale, colour and illumination) or by
 a procedural generator (orange-red background with vignetting, optic disc, macula and a
 branching vessel tree). Lesions are painted according to the grade: microaneurysms from grade 1,
-haemorrhages and hard exudates from grade 2, cotton-wool spots from grade 3 and new vessels at
+haemorrhages and hard exudates from grade 2, cotton-wool spots now and then at grade 2 and always
+from grade 3, and new vessels at
 grade 4, more of them as the grade rises. The same seed gives the same bytes.
 """
 

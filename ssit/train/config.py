@@ -17,6 +17,8 @@ from typing import Any, Literal
 from ssit.config import ConfigError
 
 REFERENCE_BATCH_SIZE = 512
+# The packaged configuration of the paper's run, used when a launcher is given none.
+DEFAULT_CONFIG = "ssit_vits16_eyepacs"
 
 Device = Literal["auto", "cuda", "cpu"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -223,6 +225,7 @@ def config_fields_differing(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "REFERENCE_BATCH_SIZE",
     "CheckpointConfig",
     "DataConfig",

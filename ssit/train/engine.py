@@ -42,6 +42,7 @@ from ssit.train.checkpoint import (
     save_checkpoint,
 )
 from ssit.train.config import (
+    REFERENCE_BATCH_SIZE,
     PretrainConfig,
     config_fields_differing,
     resolve_precision,
@@ -145,12 +146,13 @@ def pretrain(
     checkpoint_dir = run_dir / "checkpoints"
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
     barrier(ctx)
     monitor = RunMonitor(run_dir, ctx.rank, cfg.log.progress_bar)
     pipe = None
     try:
         resumed = _load_resume_state(cfg, checkpoint_dir, ctx)
+        if ctx.is_main:  # only once the checkpoint accepted this config
+            save_config(cfg, run_dir / "config.yaml")
         model = build_model(cfg).to(ctx.device)
         if resumed is not None:
             model.load_state_dict(resumed["model"])
@@ -196,7 +198,7 @@ def pretrain(
             _check_resume_position(resumed, steps_per_epoch, total_steps)
         del resumed
 
-        peak_lr = (scaled_learning_rate(cfg.optim.lr, cfg.optim.batch_size)
+        peak_lr = (scaled_learning_rate(cfg.optim.lr, cfg.optim.batch_size, REFERENCE_BATCH_SIZE)
                    if cfg.optim.scale_lr else cfg.optim.lr)
         amp_dtype = AMP_DTYPES[precision]
         monitor.start(total_steps, progress.step)

@@ -92,11 +92,6 @@ class RunMonitor:
             step,
         )
 
-    def flush(self) -> None:
-        """Push pending TensorBoard events to disk."""
-        if self.writer is not None:
-            self.writer.flush()
-
     def close(self) -> None:
         """Close the bar and the writer and detach this run's log handlers."""
         if self.bar is not None:

@@ -42,13 +42,12 @@ def set_environment(monkeypatch: pytest.MonkeyPatch, values: dict[str, str]) -> 
         monkeypatch.setenv(key, value)
 
 
-def test_rendezvous_port_is_stable_and_in_range() -> None:
+def test_rendezvous_port_is_in_range() -> None:
     low, high = RENDEZVOUS_PORTS
     for job_id in ("1", "4321", "987654_3"):
         for attempt in range(5):
             port = rendezvous_port(job_id, attempt)
             assert low <= port < high
-            assert port == rendezvous_port(job_id, attempt)
 
 
 def test_rendezvous_port_changes_with_every_attempt() -> None:

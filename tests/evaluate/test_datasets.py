@@ -65,15 +65,15 @@ def test_split_is_reused_and_seed_dependent(layouts, data_config, tmp_path):
     other = load_grading_data(data_config("aptos2019", layouts["aptos2019"], split_seed=1),
                               tmp_path / "b")
 
-    def test_keys(splits):
+    def split_keys(splits):
         return sorted(item.key for item in splits["test"])
 
-    assert test_keys(again) == test_keys(first)  # reused from a/split.csv despite the new seed
-    assert test_keys(other) != test_keys(first)
+    assert split_keys(again) == split_keys(first)  # reused from a/split.csv despite the new seed
+    assert split_keys(other) != split_keys(first)
     reused = load_grading_data(
         data_config("aptos2019", layouts["aptos2019"], split_file=str(tmp_path / "b/split.csv")),
         tmp_path / "c")
-    assert test_keys(reused) == test_keys(other)
+    assert split_keys(reused) == split_keys(other)
 
 
 def test_messidor_keeps_extension_case_and_drops_ungradable(layouts, data_config, caplog):
@@ -200,7 +200,7 @@ def break_folder_test(root: Path) -> None:
         ("eyepacs", break_eyepacs_image, r"1 image\(s\) listed in trainLabels.csv are missing"),
         ("eyepacs", break_eyepacs_csv, "trainLabels.csv not found"),
         ("eyepacs", break_eyepacs_columns, "lacks column"),
-        ("aptos2019", break_aptos_grade, "grade 7 is outside 0-4"),
+        ("aptos2019", break_aptos_grade, "grade 7 is not one of 0, 1, 2, 3, 4"),
         ("aptos2019", break_aptos_folder, "train_images not found"),
         ("messidor2", break_messidor_image, r"1 image\(s\) listed in messidor_data.csv"),
         ("messidor2", break_messidor_csv, "no CSV with columns"),

@@ -140,3 +140,11 @@ def test_launcher_rejects_bad_input_with_one_line(args, message, launch):
     assert status == 2
     assert err.startswith("error: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_launcher_rejects_zero_cpus_per_task(demo_shards, launch):
+    status, _, err = launch("--checkpoint", "random", "--dataset", "shards", "--data",
+                            str(demo_shards), "--protocol", "knn", "--dry-run",
+                            "--cpus-per-task", "0")
+    assert status == 2
+    assert err == "error: --cpus-per-task must be at least 1, got 0\n"

@@ -57,6 +57,16 @@ def test_contrastive_loss_is_float32_under_low_precision_inputs() -> None:
     assert loss.item() == pytest.approx(contrastive_loss(q.float(), k.float(), 0.2).item())
 
 
+def test_contrastive_loss_is_exact_float32_under_autocast() -> None:
+    generator = torch.Generator().manual_seed(0)
+    q, k = torch.randn(64, 256, generator=generator), torch.randn(64, 256, generator=generator)
+    expected = contrastive_loss(q, k, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = contrastive_loss(q, k, 0.2)
+    assert loss.dtype == torch.float32
+    assert loss.item() == expected.item()
+
+
 def test_contrastive_loss_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="N, C"):
         contrastive_loss(torch.randn(4, 8), torch.randn(3, 8), 0.2)

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ssit.model import SSiT
 from ssit.model.losses import contrastive_loss, saliency_segmentation_loss
@@ -193,16 +192,20 @@ def test_sync_batchnorm_conversion_keeps_names_and_outputs(make_ssit) -> None:
 
 
 def test_avg_pooling_is_selectable(make_ssit) -> None:
-    model = make_ssit(pool="avg").eval()
+    # Patches 0..11 are uniformly 0.5; each patch of the bottom row (12..15) has one pixel at 1.
+    # Max pooling ranks the bottom row first and keeps it; average pooling (1/256 there) drops it.
+    saliency = torch.full((1, 1, 64, 64), 0.5)
+    saliency[..., 48:, :] = 0.0
+    saliency[..., 48, ::16] = 1.0
     x = torch.randn(1, 3, 64, 64)
-    saliency = torch.zeros(1, 1, 64, 64)
-    saliency[..., :4, :4] = 1.0  # patch 0: max 1, mean 1/16
-    saliency[..., 16:32, :] = 0.5  # patches 4..7: max and mean 0.5
-    assert model.key_features(x, saliency).shape == (1, 48)
-    kept = torch.sort(
-        F.avg_pool2d(saliency, 16).flatten(1), dim=1, descending=True, stable=True
-    ).indices[:, :12]
-    assert kept[0, :5].tolist() == [4, 5, 6, 7, 0]
+    changed = x.clone()
+    changed[..., 48:, :] = torch.randn(1, 3, 16, 64)
+    by_avg = make_ssit(pool="avg").eval()
+    torch.testing.assert_close(by_avg.key_features(changed, saliency),
+                               by_avg.key_features(x, saliency))
+    by_max = make_ssit(pool="max").eval()
+    assert not torch.allclose(by_max.key_features(changed, saliency),
+                              by_max.key_features(x, saliency))
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,7 @@ def messy(demo_raw, tmp_path_factory) -> tuple[Path, list[str]]:
     shutil.copy(raw / f"{good[2]}.jpeg", raw / "badgrade.jpeg")
     (raw / "nested").mkdir()
     shutil.copy(raw / f"{good[2]}.jpeg", raw / "nested" / "x.y.jpeg")  # key x_y
+    shutil.copy(raw / f"{good[1]}.jpeg", raw / "with space.jpeg")  # key with_space
     shutil.copy(raw / f"{good[0]}.jpeg", raw / "nested" / f"{good[0]}.png")  # same id again
     (raw / "README.txt").write_text("not an image, ignored\n")
 
@@ -73,7 +74,7 @@ def messy(demo_raw, tmp_path_factory) -> tuple[Path, list[str]]:
     rows += [f"{name},1" for name in CONVERTED]
     rows += [f"{Path(name).stem},0" for name in SKIPPED if name not in ("unlabelled.jpeg",
                                                                      "badgrade.jpeg")]
-    rows += ["badgrade,7", "x.y,2", "ghost_left,3"]
+    rows += ["badgrade,7", "x.y,2", "with space,1", "ghost_left,3"]
     (raw / "labels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
     return raw, good
 
@@ -128,13 +129,14 @@ def test_odd_modes_are_converted_and_written(messy_run):
         assert crop.shape == (512, 512, 3)
         assert crop.mean() > 20  # a real fundus, not a black or garbled picture
     assert json.loads(samples["x_y"]["json"])["source"] == "nested/x.y.jpeg"
+    assert json.loads(samples["with_space"]["json"])["source"] == "with space.jpeg"
     assert "README" not in " ".join(skipped_rows(out))
 
 
 def test_counts_and_summary_line(messy_run):
     out, printed = messy_run
     manifest = read_manifest(out)
-    written = GOOD + len(CONVERTED) + 1
+    written = GOOD + len(CONVERTED) + 2
     skipped = len(SKIPPED) + 1
     assert manifest["num_samples"] == written
     assert manifest["skipped"] == skipped
@@ -143,3 +145,11 @@ def test_counts_and_summary_line(messy_run):
         f"written {written}, skipped {skipped} (see {out / 'skipped.csv'}); "
         "1 label row had no image"
     )
+
+
+def test_index_files_parse_whatever_the_file_names(messy_run):
+    from ssit.data.shard_index import load_shard_set
+
+    out, _ = messy_run
+    shard_set = load_shard_set(out)
+    assert shard_set.num_samples == read_manifest(out)["num_samples"]

@@ -324,13 +324,14 @@ def test_read_labels_accepts_eyepacs_csv(tmp_path):
 
 def test_read_labels_keeps_bad_rows_as_problems(tmp_path):
     path = tmp_path / "labels.csv"
-    path.write_text("image,level\na,5\nb,x\nc,1,extra\nd,2\nd,3\ne,1\ne,1\n")
+    path.write_text("image,level\na,5\nb,x\nc,1,extra\nd,2\nd,3\ne,1\ne,1\nf,\u00b2\n")
     labels = read_labels(path)
     assert labels.grades == {"e": 1}
     assert "grade '5' is not an integer 0-4" in labels.problems["a"]
     assert "grade 'x'" in labels.problems["b"]
     assert "3 columns" in labels.problems["c"]
     assert "conflicting grades" in labels.problems["d"]
+    assert "is not an integer 0-4" in labels.problems["f"]
 
 
 @pytest.mark.parametrize(
@@ -355,3 +356,10 @@ def test_read_labels_errors(tmp_path, content, message):
 def test_read_labels_rejects_a_directory(tmp_path):
     with pytest.raises(PrepareError, match="is a directory"):
         read_labels(tmp_path)
+
+
+def test_iter_samples_refuses_a_file_that_is_not_a_tar(tmp_path):
+    junk = tmp_path / "junk-000000.tar"
+    junk.write_bytes(b"not a tar archive at all" * 40)
+    with pytest.raises(PrepareError, match=r"cannot read shard .*junk-000000\.tar"):
+        list(iter_samples([junk]))

@@ -141,7 +141,9 @@ def test_resume_with_other_world_size_is_refused(runs, tmp_path, demo_shards):
     shutil.copytree(runs["full"], run_dir)
     cfg = load_config(PretrainConfig, "demo_tiny_cpu", tiny_overrides(demo_shards))
     ctx = init_distributed(device="cpu", env={})
-    with pytest.raises(Exception, match="written by 2 ranks; resume it with 2 ranks, not 1"):
+    from ssit.train import CheckpointError
+
+    with pytest.raises(CheckpointError, match="written by 2 ranks; resume it with 2 ranks, not 1"):
         pretrain(cfg, run_dir, ctx=ctx)
 
 
@@ -160,8 +162,10 @@ def test_resume_with_other_model_is_refused(runs, tmp_path, demo_shards):
     cfg = load_config(PretrainConfig, "demo_tiny_cpu",
                       tiny_overrides(demo_shards, **{"model.proj_dim": 32}))
     ctx = init_distributed(device="cpu", env={})
+    saved_config = (run_dir / "config.yaml").read_text()
     with pytest.raises(CheckpointError, match=r"model\.proj_dim differ"):
         pretrain(cfg, run_dir, ctx=ctx)
+    assert (run_dir / "config.yaml").read_text() == saved_config
 
 
 @pytest.fixture
