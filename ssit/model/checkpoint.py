@@ -26,7 +26,10 @@ _CONTAINER_KEYS = ("model", "state_dict")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; one-line message."""
+    """A checkpoint that cannot be written, read or used (e.g. does not fit the model or the run).
+
+    The message is one line.
+    """
 
 
 def read_checkpoint(path: str | Path) -> Mapping[str, Any]:

@@ -6,8 +6,8 @@ top and bottom, like EyePACS), made either from the photograph scikit-image ship
 a procedural generator (orange-red background with vignetting, optic disc, macula and a
 branching vessel tree). Lesions are painted according to the grade: microaneurysms from grade 1,
 haemorrhages and hard exudates from grade 2, cotton-wool spots now and then at grade 2 and always
-from grade 3, and new vessels at
-grade 4, more of them as the grade rises. The same seed gives the same bytes.
+from grade 3, and new vessels at grade 4, more of them as the grade rises. The same seed gives the
+same bytes.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssit.model.checkpoint import CheckpointError
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
@@ -29,10 +31,6 @@ REQUIRED_KEYS = frozenset(
 )
 _NAME = re.compile(r"^checkpoint-(\d{8,})\.pt$")
 _TEMP_PREFIX = ".checkpoint-"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written, read or used; the message is one line."""
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
