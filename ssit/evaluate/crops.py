@@ -18,6 +18,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from ssit.atomic_write import replacing
+
 LOGGER = logging.getLogger(__name__)
 CROP_QUALITY = 95
 
@@ -47,10 +49,8 @@ def crop_to_file(source: Path, target: Path) -> str | None:
 
     try:
         result = crop_fundus(load_image(source).rgb)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        Image.fromarray(result.image).save(partial, format="JPEG", quality=CROP_QUALITY)
-        os.replace(partial, target)
+        with replacing(target) as partial:
+            Image.fromarray(result.image).save(partial, format="JPEG", quality=CROP_QUALITY)
     except Exception as error:  # any unreadable image is reported by name, not raised here
         text = str(error).strip()
         return f"{source}: {text.splitlines()[0] if text else type(error).__name__}"

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ssit.atomic_write import replacing
 from ssit.evaluate.config import DataConfig
 from ssit.evaluate.crops import cached_crops, default_cache_dir
 from ssit.evaluate.metrics import NUM_GRADES
@@ -220,15 +221,12 @@ def allocate_split_sizes(
 
 def write_split_file(splits: Splits, path: Path) -> None:
     """Write ``key,grade,split`` rows (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp")
-    with open(partial, "w", newline="") as handle:
+    with replacing(path) as partial, open(partial, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["key", "grade", "split"])
         for name in SPLITS:
             for item in splits.get(name, []):
                 writer.writerow([item.key, item.grade, name])
-    partial.replace(path)
 
 
 def apply_split_file(items: Sequence[GradedImage], path: Path) -> Splits:

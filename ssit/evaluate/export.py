@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ssit.atomic_write import replacing
 
 LOGGER = logging.getLogger(__name__)
 EXPORT_HELP = "write the query (or momentum) backbone of a checkpoint as a timm .safetensors file"
@@ -66,13 +67,8 @@ def export_backbone(
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     metadata = {"arch": arch, "img_size": str(size), "model_kwargs": json.dumps(kwargs),
                 "branch": branch, "source": Path(checkpoint).name, "format": "timm"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(out) as partial:
         save_file(tensors, str(partial), metadata=metadata)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
     LOGGER.info("wrote %s (%s %s branch, %d tensors)", out, arch, branch, len(tensors))
     return out
 

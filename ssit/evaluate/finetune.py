@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ssit.atomic_write import replacing
 from ssit.evaluate.config import TrainConfig
 from ssit.evaluate.encoder import GradingModel
 from ssit.evaluate.metrics import grades_from_scores, grading_metrics
@@ -176,9 +176,5 @@ def _seed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
 
 
 def _save_atomic(obj: object, path: Path) -> None:
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path) as partial:
         torch.save(obj, partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)

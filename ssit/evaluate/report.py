@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from ssit.atomic_write import replacing
 
 GRADE_NAMES = ("0 none", "1 mild", "2 moderate", "3 severe", "4 PDR")
 SUMMARY_COLUMNS = ("dataset", "protocol", "encoder", "kappa", "accuracy", "AUC (>=2)", "n test",
@@ -37,10 +38,8 @@ def json_ready(value: Any) -> Any:
 def write_json(value: Any, path: str | Path) -> Path:
     """Write ``value`` as indented JSON, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    partial.write_text(json.dumps(json_ready(value), indent=2) + "\n")
-    os.replace(partial, path)
+    with replacing(path) as partial:
+        partial.write_text(json.dumps(json_ready(value), indent=2) + "\n")
     return path
 
 

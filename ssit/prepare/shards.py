@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from ssit.atomic_write import replacing
 from ssit.prepare.crop import CROP_SIZE
 from ssit.prepare.decode import BadImageError
 from ssit.prepare.sample import encode_sample, preprocess_image
@@ -506,9 +507,8 @@ def _state_path(out_dir: Path, name: str) -> Path:
 
 
 def _write_json_atomically(path: Path, payload: Any, indent: int | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=indent) + "\n")
-    os.replace(tmp, path)
+    with replacing(path) as partial:
+        partial.write_text(json.dumps(payload, indent=indent) + "\n")
 
 
 def _complete_record(out_dir: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
