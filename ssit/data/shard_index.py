@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ssit.prepare.shards import PrepareError, list_shards
+from ssit.prepare.shards import PrepareError, list_shards, split_member_name
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def parse_index(index_path: Path) -> list[IndexedSample]:
                 raise MissingIndexError(f"{index_path}:{number}: malformed index line")
             components[ext] = (int(offset), int(size))
             if group == 4:
-                key = tokens[i + 3].split(".", 1)[0]
+                key = split_member_name(tokens[i + 3])[0]
         samples.append(IndexedSample(key=key, components=components, line=line))
     if len(samples) != int(header[1]):
         raise MissingIndexError(

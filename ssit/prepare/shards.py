@@ -48,9 +48,11 @@ __all__ = [
     "Labels",
     "PrepareError",
     "ShardReport",
+    "iter_samples",
     "list_shards",
     "read_labels",
     "read_manifest",
+    "split_member_name",
     "write_dali_index",
     "write_shards",
 ]
@@ -375,6 +377,17 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def split_member_name(name: str) -> tuple[str, str]:
+    """A tar member's sample key and extension.
+
+    ``d/10_left.sal.png`` gives ``("d/10_left", "sal.png")``: the extension starts at the first
+    dot of the file name, as WebDataset and DALI read it.
+    """
+    directory, _, base = name.rpartition("/")
+    key, _, extension = base.partition(".")
+    return (f"{directory}/{key}" if directory and key else key), extension
+
+
 def write_dali_index(tar_path: str | Path, index_path: str | Path) -> int:
     """Write the DALI index (format v1.2, as made by ``wds2idx``) of a WebDataset tar.
 
@@ -387,11 +400,9 @@ def write_dali_index(tar_path: str | Path, index_path: str | Path) -> int:
         for member in tar:
             if not member.isfile():
                 continue
-            directory, _, base = member.name.rpartition("/")
-            key, dot, extension = base.partition(".")
-            if not key or not dot:
+            key, extension = split_member_name(member.name)
+            if not key or not extension:
                 continue
-            key = f"{directory}/{key}" if directory else key
             entry = f"{extension} {member.offset_data} {member.size} {member.name}"
             if key != last_key:
                 samples.append([entry])
@@ -719,7 +730,7 @@ def _tar_samples(shard: Path) -> Iterator[dict[str, Any]]:
         for member in tar:
             if not member.isfile():
                 continue
-            key, _, extension = member.name.partition(".")
+            key, extension = split_member_name(member.name)
             if sample and sample["__key__"] != key:
                 yield sample
                 sample = {}

@@ -24,6 +24,7 @@ from ssit.prepare.shards import (
     list_shards,
     read_labels,
     read_manifest,
+    split_member_name,
     write_shards,
 )
 
@@ -363,3 +364,17 @@ def test_iter_samples_refuses_a_file_that_is_not_a_tar(tmp_path):
     junk.write_bytes(b"not a tar archive at all" * 40)
     with pytest.raises(PrepareError, match=r"cannot read shard .*junk-000000\.tar"):
         list(iter_samples([junk]))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("10_left.jpg", ("10_left", "jpg")),
+        ("10_left.sal.png", ("10_left", "sal.png")),
+        ("train/10_left.sal.png", ("train/10_left", "sal.png")),
+        ("README", ("README", "")),
+        (".hidden", ("", "hidden")),
+    ],
+)
+def test_split_member_name(name, expected):
+    assert split_member_name(name) == expected
