@@ -1,4 +1,4 @@
-"""The SSiT view augmentations as DALI operator graphs (SPEC section 1).
+"""The SSiT view augmentations as DALI operator graphs (the table of the SSiT paper).
 
 Every function here is called while a DALI pipeline with conditionals enabled is being
 defined (`pipeline_def(enable_conditionals=True)`): it takes data nodes and returns data nodes.
@@ -23,9 +23,7 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 
-EYEPACS_MEAN: tuple[float, float, float] = (0.4258, 0.2974, 0.2129)
-EYEPACS_STD: tuple[float, float, float] = (0.2767, 0.2024, 0.1686)
-
+from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
 _PROBABILITIES = (
     "jitter_p",
@@ -265,7 +263,7 @@ def augment_view(
     mean: tuple[float, ...],
     std: tuple[float, ...],
 ) -> tuple[DataNode, DataNode]:
-    """One SSiT view: the SPEC table's steps in order, then normalisation."""
+    """One SSiT view: the augmentation table's steps in order, then normalisation."""
     image, saliency = resized_crop_pair(
         image, saliency, image_shape, size, aug.crop_scale, aug.crop_ratio
     )

@@ -177,7 +177,7 @@ class PretrainPipeline:
     `(x1, x2, m1, m2)`: images `(B, 3, S, S)` float32 normalised with `mean`/`std`, maps
     `(B, 1, S, S)` float32 in [0, 1], on `cuda:<device_id>` (default: the current CUDA device)
     or the CPU. Each `for` loop runs to the end of the current epoch; the next `for` continues
-    with the next epoch. `view1`/`view2` hold the augmentation parameters (SPEC defaults).
+    with the next epoch. `view1`/`view2` hold the augmentation parameters (the paper's defaults).
     `validate` checks every sample's bytes up front and leaves out unusable ones with a warning.
     """
 

@@ -1,4 +1,4 @@
-"""Grading: how well an encoder's features grade diabetic retinopathy (SPEC section 5).
+"""Grading: how well an encoder's features grade diabetic retinopathy.
 
 Datasets in their distributed layouts (``datasets``), the fine-tune / linear-probe loop
 (``finetune``), kNN (``knn``), metrics (``metrics``), reports (``report``), the job run per

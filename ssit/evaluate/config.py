@@ -1,7 +1,7 @@
 """GradeConfig: every setting of a grading job, with the paper's values as defaults.
 
 Protocol-dependent optimiser settings (learning rate, weight decay) default to ``None``, which
-means "the protocol's value from SPEC section 5": fine-tuning Adam lr 2e-5 with weight decay
+means "the protocol's own value": fine-tuning Adam lr 2e-5 with weight decay
 1e-5, linear probe lr 2e-3 without decay.
 """
 
@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssit.evaluate.metrics import REGRESSION_THRESHOLDS
+from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
 DATASETS = ("eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards")
 PROTOCOLS = ("finetune", "linear", "knn")
-EYEPACS_MEAN = (0.4258, 0.2974, 0.2129)
-EYEPACS_STD = (0.2767, 0.2024, 0.1686)
 
 Dataset = Literal["eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards"]
 Protocol = Literal["finetune", "linear", "knn"]

@@ -1,6 +1,6 @@
 """Cache of 512x512 fundus crops for raw grading datasets.
 
-Raw photographs go through the same fundus crop as the pre-training shards (SPEC section 2)
+Raw photographs go through the same fundus crop as the pre-training shards
 once; the crop is stored as a JPEG named by a hash of the source path, modification time and
 size, so a changed file is cropped again and an unchanged one never is.
 """

@@ -1,4 +1,4 @@
-"""Find the fundus in a photograph and crop it to a square training image (SPEC section 2)."""
+"""Find the fundus in a photograph and crop it to a square training image."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import numpy as np
 
 __all__ = ["saliency_float", "saliency_map"]
 
-# Ratios of SPEC section 2 for a 512-pixel crop: blur sigma 512/30, grey-out outside radius
+# Ratios of the saliency recipe for a 512-pixel crop: blur sigma 512/30, grey-out outside radius
 # 0.98 * 256, zero the map outside radius 240.
 _BLUR_SIGMA_FRACTION = 1 / 30
 _ENHANCE_RADIUS_FRACTION = 0.98 / 2

@@ -1,4 +1,4 @@
-"""Write fundus photographs as WebDataset shards with saliency maps (SPEC section 2).
+"""Write fundus photographs as WebDataset shards with saliency maps.
 
 Output directory layout::
 

@@ -1,4 +1,4 @@
-"""Synthetic graded fundus photographs, EyePACS-like, for demos and tests (SPEC section 6).
+"""Synthetic graded fundus photographs, EyePACS-like, for demos and tests.
 
 Each image is a fundus disc on a wide black canvas (aspect 1.3-1.5, sometimes clipped at the
 top and bottom, like EyePACS), made either from the photograph scikit-image ships

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _PACKAGE_LOGGER = "ssit"
-# The pipeline normalises views with the EyePACS channel statistics (SPEC, augmentation table).
-VIEW_MEAN = (0.4258, 0.2974, 0.2129)
-VIEW_STD = (0.2767, 0.2024, 0.1686)
+# The pipeline normalises views with the EyePACS channel statistics (see ssit.prepare.statistics).
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -118,8 +118,8 @@ def saliency_grid(
     from torchvision.utils import make_grid
 
     n = min(max_images, view.shape[0])
-    mean = torch.tensor(VIEW_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(VIEW_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(EYEPACS_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(EYEPACS_STD).view(1, 3, 1, 1)
     images = (view[:n].detach().float().cpu() * std + mean).clamp(0, 1)
     target = target[:n].detach().float().cpu().clamp(0, 1).expand(-1, 3, -1, -1)
     predicted = predicted[:n].detach().float().cpu().clamp(0, 1).expand(-1, 3, -1, -1)

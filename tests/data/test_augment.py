@@ -141,7 +141,7 @@ def correlations(images: np.ndarray, maps: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_image_and_map_share_the_geometry(blob_shards: Path, seed: int) -> None:
-    """All SPEC augmentations on: each view still lines up with its own map, not another's."""
+    """All augmentations on: each view still lines up with its own map, not another's."""
     x1, x2, m1, m2 = run_views(blob_shards, 2, 24, img_size=48, seed=seed)
     for x, m, other in ((x1, m1, m2), (x2, m2, m1)):
         own = correlations(x, m)

@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from ssit.train.monitor import VIEW_MEAN, VIEW_STD, RunMonitor, saliency_grid
+from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
+from ssit.train.monitor import RunMonitor, saliency_grid
 
 
 def test_grid_puts_view_target_and_prediction_side_by_side():
@@ -17,14 +18,15 @@ def test_grid_puts_view_target_and_prediction_side_by_side():
     grid = saliency_grid(view, target, predicted)
     assert grid.shape == (3, 2 * 64 + 3 * 2, 3 * 64 + 4 * 2)
     first_view = grid[:, 2:66, 2:66]
-    assert torch.allclose(first_view, torch.tensor(VIEW_MEAN).view(3, 1, 1).expand_as(first_view))
+    mean = torch.tensor(EYEPACS_MEAN).view(3, 1, 1)
+    assert torch.allclose(first_view, mean.expand_as(first_view))
     assert torch.all(grid[:, 2:66, 68:132] == 1.0)
     assert torch.all(grid[:, 2:66, 134:198] == 0.25)
 
 
 def test_grid_undoes_the_normalisation_and_clamps():
     colour = torch.tensor([0.9, 0.1, 0.5])
-    view = ((colour - torch.tensor(VIEW_MEAN)) / torch.tensor(VIEW_STD)).view(1, 3, 1, 1)
+    view = ((colour - torch.tensor(EYEPACS_MEAN)) / torch.tensor(EYEPACS_STD)).view(1, 3, 1, 1)
     grid = saliency_grid(view.expand(1, 3, 16, 16), torch.full((1, 1, 16, 16), 3.0),
                          torch.full((1, 1, 16, 16), -1.0))
     assert torch.allclose(grid[:, 2, 2], colour, atol=1e-6)
