@@ -178,7 +178,7 @@ def measure_stages(samples: Sequence[dict]) -> list[StageCost]:
 
 def load_samples(shards: Path) -> list[dict]:
     """The first BATCH samples of the shards in `shards`."""
-    from ssit.prepare.shards import iter_samples
+    from ssit.prepare.shard_format import iter_samples
 
     samples = []
     for sample in iter_samples(sorted(shards.glob("*.tar"))):

@@ -28,7 +28,8 @@ from PIL import Image, ImageFilter
 from ssit.prepare.crop import crop_fundus
 from ssit.prepare.decode import load_image
 from ssit.prepare.saliency import saliency_float
-from ssit.prepare.shards import iter_samples, list_shards, write_shards
+from ssit.prepare.shard_format import iter_samples, list_shards
+from ssit.prepare.shards import write_shards
 from ssit.prepare.synth import synthesize
 from ssit.prepare.workers import available_cores, parallel_map
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ssit.evaluate.export import EXPORT_HELP, add_export_arguments, export_errors, run_export
 
@@ -42,12 +43,12 @@ class Subcommand:
     """Returns the exception types that are the user's fault (imported lazily)."""
 
 
+_Number = TypeVar("_Number", int, float)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _parse_number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -55,10 +56,7 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _parse_number(text, int, "a whole number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
@@ -66,18 +64,22 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _parse_number(text, float, "a number")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
     return value
 
 
+def _parse_number(text: str, kind: Callable[[str], _Number], expected: str) -> _Number:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def _prepare_errors() -> tuple[type[BaseException], ...]:
     from ssit.prepare.decode import BadImageError
-    from ssit.prepare.shards import PrepareError
+    from ssit.prepare.shard_format import PrepareError
 
     return PrepareError, BadImageError
 
@@ -96,7 +98,7 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _synth_run(args: argparse.Namespace) -> int:
-    from ssit.prepare.shards import PrepareError
+    from ssit.prepare.shard_format import PrepareError
     from ssit.prepare.synth import synthesize
 
     low, high = args.height

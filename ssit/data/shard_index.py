@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ssit.prepare.shards import PrepareError, list_shards, split_member_name
+from ssit.prepare.shard_format import PrepareError, list_shards, split_member_name
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class ShardSet:
 
 
 def resolve_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Tar paths from a shard directory, a glob or a list (`ssit.prepare.shards.list_shards`)."""
+    """Tar paths from a directory, a glob or a list (`ssit.prepare.shard_format.list_shards`)."""
     try:
         return list_shards(spec)
     except PrepareError as exc:

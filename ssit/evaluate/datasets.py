@@ -468,7 +468,7 @@ def read_shards(root: Path) -> Splits:
 
 def read_shard_dir(shard_dir: Path) -> list[GradedImage]:
     """Index the ``jpg`` and ``cls`` of every sample of a labelled shard directory."""
-    from ssit.prepare.shards import list_shards, read_manifest
+    from ssit.prepare.shard_format import list_shards, read_manifest
 
     try:
         manifest = read_manifest(shard_dir)

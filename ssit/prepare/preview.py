@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ssit.prepare.shards import PrepareError, iter_samples, list_shards
+from ssit.prepare.shard_format import PrepareError, iter_samples, list_shards
 
 __all__ = ["contact_sheet", "overlay_saliency", "write_preview"]
 

@@ -1,11 +1,8 @@
 """Write fundus photographs as WebDataset shards with saliency maps.
 
-Output directory layout::
+Besides the tar shards, their DALI indexes and ``manifest.json`` (described, and read back, in
+:mod:`ssit.prepare.shard_format`), the output directory holds::
 
-    <dataset>-000000.tar   samples: <key>.cls, <key>.jpg, <key>.json, <key>.sal.png
-    <dataset>-000000.idx   DALI index of the tar (``fn.readers.webdataset(index_paths=...)``)
-    ...
-    manifest.json          shards, sample counts, sha256, channel mean/std of the crops
     skipped.csv            file,reason for every image left out (and label rows without image)
     .state/                one record per finished shard, used to resume an interrupted run
 
@@ -19,7 +16,6 @@ each shard can be finished, checked and reused on its own.
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import json
 import logging
@@ -28,7 +24,7 @@ import os
 import re
 import tarfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,35 +36,24 @@ from ssit.atomic_write import replacing
 from ssit.prepare.crop import CROP_SIZE
 from ssit.prepare.decode import BadImageError
 from ssit.prepare.sample import encode_sample, preprocess_image
+from ssit.prepare.shard_format import MANIFEST_FORMAT, PrepareError, write_dali_index
 from ssit.prepare.workers import available_cores, parallel_map
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "MANIFEST_FORMAT",
     "Labels",
-    "PrepareError",
     "ShardReport",
-    "iter_samples",
-    "list_shards",
     "read_labels",
-    "read_manifest",
-    "split_member_name",
-    "write_dali_index",
     "write_shards",
 ]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 GRADES = range(5)
 GRADE_TEXTS = frozenset(str(grade) for grade in GRADES)
 _STATE_DIR = ".state"
 _TAR_MTIME = 0
-
-
-class PrepareError(ValueError):
-    """A wrong argument or unusable input detected before any work starts."""
 
 
 @dataclass(frozen=True)
@@ -149,55 +134,7 @@ class _Plan:
         return f"{self.dataset}-{index:06d}"
 
 
-# ---------------------------------------------------------------- reading
-
-
-def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
-    """The ``manifest.json`` of a shard directory."""
-    path = Path(shard_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PrepareError(
-            f"no manifest.json in {shard_dir} (not a finished shard directory)"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise PrepareError(f"cannot read {path}: {error}") from error
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise PrepareError(f"{path}: unsupported manifest format {manifest.get('format')!r}")
-    return manifest
-
-
-def list_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Tar shards named by a directory, a glob pattern, a single tar or a list of tar paths.
-
-    A directory with a manifest lists its shards in manifest order, otherwise its ``*.tar``
-    files sorted by name. Raises :class:`PrepareError` when nothing is found.
-    """
-    if isinstance(spec, (str, Path)):
-        text = str(spec)
-        path = Path(text)
-        if path.is_dir():
-            if (path / "manifest.json").is_file():
-                shards = [path / s["name"] for s in read_manifest(path)["shards"]]
-            else:
-                shards = sorted(path.glob("*.tar"))
-            if not shards:
-                raise PrepareError(f"no .tar shards in directory {path}")
-        elif glob.has_magic(text):
-            shards = [Path(p) for p in sorted(glob.glob(text))]
-            if not shards:
-                raise PrepareError(f"no shards match {text}")
-        else:
-            shards = [path]
-    else:
-        shards = [Path(p) for p in spec]
-        if not shards:
-            raise PrepareError("empty list of shards")
-    missing = [str(p) for p in shards if not p.is_file()]
-    if missing:
-        raise PrepareError(f"shard not found: {missing[0]}")
-    return shards
+# ---------------------------------------------------------------- labels
 
 
 def read_labels(path: str | Path) -> Labels:
@@ -375,46 +312,6 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """A tar member's sample key and extension.
-
-    ``d/10_left.sal.png`` gives ``("d/10_left", "sal.png")``: the extension starts at the first
-    dot of the file name, as WebDataset and DALI read it.
-    """
-    directory, _, base = name.rpartition("/")
-    key, _, extension = base.partition(".")
-    return (f"{directory}/{key}" if directory and key else key), extension
-
-
-def write_dali_index(tar_path: str | Path, index_path: str | Path) -> int:
-    """Write the DALI index (format v1.2, as made by ``wds2idx``) of a WebDataset tar.
-
-    Each line lists one sample's members as ``extension offset size name``, with the offset of
-    the member's data. Returns the number of samples.
-    """
-    samples: list[list[str]] = []
-    last_key = None
-    with tarfile.open(tar_path, "r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, extension = split_member_name(member.name)
-            if not key or not extension:
-                continue
-            entry = f"{extension} {member.offset_data} {member.size} {member.name}"
-            if key != last_key:
-                samples.append([entry])
-                last_key = key
-            else:
-                samples[-1].append(entry)
-    if not samples:
-        raise PrepareError(f"{tar_path} holds no samples")
-    with open(index_path, "w") as handle:
-        handle.write(f"v1.2 {len(samples)}\n")
-        handle.writelines(" ".join(entries) + "\n" for entries in samples)
-    return len(samples)
 
 
 class _ShardWriter:
@@ -713,29 +610,3 @@ def _finish(
         converted=dict(sorted(converted.items())),
         fallback_crops=sum(r["fallback_crops"] for r in ordered),
     )
-
-
-def iter_samples(shards: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
-    """Samples of tar shards as dicts ``{"__key__": key, extension: bytes, ...}``, in order."""
-    for shard in shards:
-        try:
-            yield from _tar_samples(Path(shard))
-        except tarfile.TarError as error:
-            raise PrepareError(f"cannot read shard {shard}: {error}") from None
-
-
-def _tar_samples(shard: Path) -> Iterator[dict[str, Any]]:
-    with tarfile.open(shard, "r:") as tar:
-        sample: dict[str, Any] = {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, extension = split_member_name(member.name)
-            if sample and sample["__key__"] != key:
-                yield sample
-                sample = {}
-            sample["__key__"] = key
-            handle = tar.extractfile(member)
-            sample[extension] = handle.read() if handle else b""
-        if sample:
-            yield sample

@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from ssit.prepare.shards import write_dali_index
+from ssit.prepare.shard_format import write_dali_index
 
 Sample = tuple[str, np.ndarray, np.ndarray]  # key, RGB image (H, W, 3), map (H, W)
 ShardWriter = Callable[[Path, Iterable[Iterable[Sample]]], Path]

@@ -191,7 +191,7 @@ def test_no_shards_found(tmp_path: Path) -> None:
 def test_shards_without_saliency(tmp_path: Path) -> None:
     import webdataset as wds
 
-    from ssit.prepare.shards import write_dali_index
+    from ssit.prepare.shard_format import write_dali_index
     from tests.data.conftest import encode_jpeg
 
     tar_path = tmp_path / "plain-000000.tar"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ssit.cli import main
-from ssit.prepare.shards import iter_samples, list_shards, read_manifest
+from ssit.prepare.shard_format import iter_samples, list_shards, read_manifest
 
 GOOD = 3
 CONVERTED = {

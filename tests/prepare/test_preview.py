@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ssit.prepare.preview import contact_sheet, overlay_saliency
-from ssit.prepare.shards import PrepareError
+from ssit.prepare.shard_format import PrepareError
 
 
 def test_overlay_keeps_the_crop_where_saliency_is_zero_and_tints_it_elsewhere():

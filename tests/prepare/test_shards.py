@@ -18,15 +18,14 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from ssit.prepare.shards import (
+from ssit.prepare.shard_format import (
     PrepareError,
     iter_samples,
     list_shards,
-    read_labels,
     read_manifest,
     split_member_name,
-    write_shards,
 )
+from ssit.prepare.shards import read_labels, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
 
