@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ssit.atomic_write import replacing
 from ssit.evaluate.config import TrainConfig
 from ssit.evaluate.encoder import GradingModel
+from ssit.evaluate.inference import collect_outputs
 from ssit.evaluate.metrics import grades_from_scores, grading_metrics
 from ssit.evaluate.precision import autocast
 from ssit.train.schedules import learning_rate
@@ -42,20 +43,13 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-@torch.no_grad()
 def predict_scores(
     model: GradingModel, loader: DataLoader, device: torch.device, precision: str,
     desc: str = "predict",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Continuous grade predictions and true grades of every image of ``loader``."""
-    model.eval()
-    scores, grades = [], []
-    for images, labels in tqdm(loader, desc=desc, unit="batch", mininterval=5.0, leave=False):
-        with autocast(device, precision):
-            output = model(images.to(device, non_blocking=True))
-        scores.append(output.float().cpu())
-        grades.append(labels)
-    return torch.cat(scores).numpy().astype(np.float64), torch.cat(grades).numpy()
+    scores, grades = collect_outputs(model, loader, device, precision, desc=desc, leave=False)
+    return scores.numpy().astype(np.float64), grades.numpy()
 
 
 def regression_metrics(

@@ -36,7 +36,7 @@ from ssit.evaluate.datasets import (
 )
 from ssit.evaluate.encoder import GradingModel, create_encoder, describe_encoder
 from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
-from ssit.evaluate.knn import extract_class_tokens, knn_classify, knn_evaluate, select_k
+from ssit.evaluate.knn import extract_class_tokens, knn_grade
 from ssit.evaluate.metrics import grades_from_scores
 from ssit.evaluate.precision import resolve_device, resolve_precision
 from ssit.evaluate.report import draw_confusion_matrix, json_ready, result_table, write_json
@@ -171,22 +171,18 @@ def _run_knn(
             device, precision, desc=f"{name} features")
         for name in SPLITS
     }
-    ks, temperature = cfg.knn.ks, cfg.knn.temperature
-    val = knn_evaluate(features["train"], features["val"], ks, temperature)
-    test = knn_evaluate(features["train"], features["test"], ks, temperature)
-    best = select_k(val)
-    LOGGER.info("kNN: k=%d has the best validation kappa (%.4f)", best, val[best]["kappa"])
-    predicted, probs = knn_classify(features["train"][0], features["train"][1],
-                                    features["test"][0], best, temperature)
+    graded = knn_grade(features["train"], features["val"], features["test"], cfg.knn.ks,
+                       cfg.knn.temperature)
+    predicted, probs = graded.test_predicted, graded.test_probs
     _write_predictions(out_dir / "predictions.csv", splits["test"],
                        ("predicted", *(f"p{g}" for g in range(probs.shape[1]))),
                        ((int(p), *row) for p, row in zip(predicted.tolist(), probs.tolist(),
                                                          strict=True)))
     return {
-        "val": {f"k={k}": metrics for k, metrics in val.items()},
-        "test": {f"k={k}": metrics for k, metrics in test.items()},
-        "selected": f"k={best}",
-        "temperature": temperature,
+        "val": {f"k={k}": metrics for k, metrics in graded.val.items()},
+        "test": {f"k={k}": metrics for k, metrics in graded.test.items()},
+        "selected": f"k={graded.selected_k}",
+        "temperature": cfg.knn.temperature,
     }
 
 

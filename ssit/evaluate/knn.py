@@ -7,18 +7,19 @@ vote shares serve as class probabilities (their grade >= 2 part is the referable
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ssit.evaluate.encoder import class_token
+from ssit.evaluate.inference import collect_outputs
 from ssit.evaluate.metrics import NUM_GRADES, REFERABLE_GRADE, grading_metrics
-from ssit.evaluate.precision import autocast
 
 LOGGER = logging.getLogger(__name__)
 
@@ -61,20 +62,13 @@ def knn_classify(
     return probs.argmax(dim=1), probs
 
 
-@torch.no_grad()
 def extract_class_tokens(
     backbone: VisionTransformer, loader: DataLoader, device: torch.device, precision: str,
     desc: str = "features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-token features (float32, on CPU) and grades of every image of ``loader``."""
-    backbone.eval()
-    features, grades = [], []
-    for images, labels in tqdm(loader, desc=desc, unit="batch", mininterval=5.0):
-        with autocast(device, precision):
-            tokens = class_token(backbone, images.to(device, non_blocking=True))
-        features.append(tokens.float().cpu())
-        grades.append(labels)
-    return torch.cat(features), torch.cat(grades)
+    return collect_outputs(backbone, loader, device, precision,
+                           forward=functools.partial(class_token, backbone), desc=desc)
 
 
 def knn_evaluate(
@@ -82,15 +76,16 @@ def knn_evaluate(
     evaluated: tuple[torch.Tensor, torch.Tensor],
     ks: Sequence[int],
     temperature: float,
-) -> dict[int, dict]:
-    """Grading metrics of the kNN classifier for each k on (features, grades) ``evaluated``."""
-    results = {}
+) -> tuple[dict[int, dict], dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """Grading metrics of the kNN classifier for each k on (features, grades) ``evaluated``,
+    and each k's predictions (predicted grades, class probabilities)."""
+    results, predictions = {}, {}
     for k in ks:
-        predictions, probs = knn_classify(train[0], train[1], evaluated[0], k, temperature)
+        predicted, probs = knn_classify(train[0], train[1], evaluated[0], k, temperature)
         referable = probs[:, REFERABLE_GRADE:].sum(dim=1)
-        results[k] = grading_metrics(evaluated[1].numpy(), predictions.numpy(),
-                                     referable.numpy())
-    return results
+        results[k] = grading_metrics(evaluated[1].numpy(), predicted.numpy(), referable.numpy())
+        predictions[k] = predicted, probs
+    return results, predictions
 
 
 def select_k(val_results: dict[int, dict]) -> int:
@@ -100,3 +95,33 @@ def select_k(val_results: dict[int, dict]) -> int:
         return -np.inf if np.isnan(kappa) else kappa
 
     return max(sorted(val_results), key=score)
+
+
+@dataclass
+class KnnGrading:
+    """Metrics of every k on validation and test, the selected k and its test predictions."""
+
+    val: dict[int, dict]
+    test: dict[int, dict]
+    selected_k: int
+    test_predicted: torch.Tensor
+    test_probs: torch.Tensor
+
+
+def knn_grade(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    ks: Sequence[int],
+    temperature: float,
+) -> KnnGrading:
+    """kNN grading of ``test`` for every k, the k chosen by :func:`select_k` on ``val``.
+
+    Each set is a (features, grades) pair; the test predictions are those of the chosen k.
+    """
+    val_results, _ = knn_evaluate(train, val, ks, temperature)
+    test_results, test_predictions = knn_evaluate(train, test, ks, temperature)
+    best = select_k(val_results)
+    LOGGER.info("kNN: k=%d has the best validation kappa (%.4f)", best,
+                val_results[best]["kappa"])
+    return KnnGrading(val_results, test_results, best, *test_predictions[best])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ssit.evaluate.knn import knn_classify, knn_evaluate, select_k
+from ssit.evaluate.knn import knn_classify, knn_evaluate, knn_grade, select_k
 from ssit.evaluate.metrics import quadratic_weighted_kappa
 
 
@@ -36,9 +36,12 @@ def test_separable_features_are_graded_perfectly():
         predicted, probs = knn_classify(train, train_labels, test, k, 0.07, chunk_size=7)
         assert predicted.tolist() == test_labels.tolist()
         assert torch.allclose(probs.sum(dim=1), torch.ones(len(test)))
-    results = knn_evaluate((train, train_labels), (test, test_labels), [5, 10, 20], 0.07)
+    results, predictions = knn_evaluate((train, train_labels), (test, test_labels), [5, 10, 20],
+                                        0.07)
     assert all(result["kappa"] == 1.0 and result["referable_auc"] == 1.0
                for result in results.values())
+    assert all(predicted.tolist() == test_labels.tolist()
+               for predicted, _ in predictions.values())
 
 
 def test_shuffled_labels_grade_near_chance():
@@ -76,3 +79,24 @@ def test_select_k_prefers_best_then_smallest():
     results = {5: {"kappa": 0.5}, 10: {"kappa": 0.7}, 20: {"kappa": 0.7}}
     assert select_k(results) == 10
     assert select_k({5: {"kappa": float("nan")}, 10: {"kappa": -0.1}}) == 10
+
+
+@pytest.mark.parametrize("ks", [(1, 3), (3, 1)])
+def test_grading_reports_the_test_predictions_of_the_k_chosen_on_validation(ks):
+    # grade 0 along x, grade 4 twice along y; temperature 1
+    train = (torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]]), torch.tensor([0, 4, 4]))
+    leaning_x, leaning_y, on_x = [1.0, 0.5], [0.5, 1.0], [1.0, 0.0]
+    # leaning_x: cos 2/sqrt(5) to the grade-0 image, 1/sqrt(5) to both grade-4 images, so k=1
+    # votes grade 0 and k=3 grade 4 (e^0.894 = 2.45 < 2 e^0.447 = 2.93); leaning_y is grade 4
+    # for both k; on_x is grade 0 for both k (e^1 = 2.72 > 2 e^0 = 2).
+    val = (torch.tensor([leaning_x, leaning_y]), torch.tensor([0, 4]))
+    test = (torch.tensor([leaning_x, leaning_y, on_x]), torch.tensor([4, 4, 0]))
+    graded = knn_grade(train, val, test, ks, temperature=1.0)
+    # validation: k=1 grades [0, 4] (kappa 1), k=3 grades [4, 4] (kappa 0); on test k=3 is the
+    # better one (grades [4, 4, 0], all right) but k is chosen on validation
+    assert graded.val[1]["kappa"] == 1.0 and graded.val[3]["kappa"] == 0.0
+    assert graded.test[1]["accuracy"] == pytest.approx(2 / 3) and graded.test[3]["accuracy"] == 1.0
+    assert graded.selected_k == 1
+    assert graded.test_predicted.tolist() == [0, 4, 0]
+    one_hot = {0: [1.0, 0.0, 0.0, 0.0, 0.0], 4: [0.0, 0.0, 0.0, 0.0, 1.0]}
+    assert graded.test_probs.tolist() == [one_hot[0], one_hot[4], one_hot[0]]
