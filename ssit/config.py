@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from ssit.error_text import first_line
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 T = TypeVar("T")
@@ -49,7 +51,7 @@ def load_config(
         try:
             loaded = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read config {path}: {_first_line(error)}") from None
+            raise ConfigError(f"cannot read config {path}: {first_line(error)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -123,7 +125,7 @@ def _build(schema: type[T], values: Mapping[str, Any], prefix: str) -> T:
         return schema(**kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"invalid config{' section ' + prefix[:-1] if prefix else ''}: "
-                          f"{_first_line(error)}") from None
+                          f"{first_line(error)}") from None
 
 
 def _convert(value: Any, hint: Any, key: str) -> Any:
@@ -194,8 +196,3 @@ def _convert_scalar(value: Any, hint: Any, key: str) -> Any:
 
 def _article(name: str) -> str:
     return "an" if name[:1] in "aeiou" else "a"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

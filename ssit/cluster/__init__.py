@@ -9,6 +9,7 @@ it (``launch/pretrain.py``). ``python -m ssit.cluster`` runs one rank without su
 from __future__ import annotations
 
 from ssit.cluster.executor import (
+    JobResources,
     LaunchError,
     add_slurm_arguments,
     make_executor,
@@ -17,6 +18,7 @@ from ssit.cluster.executor import (
 )
 
 __all__ = [
+    "JobResources",
     "LaunchError",
     "add_slurm_arguments",
     "make_executor",

@@ -1,7 +1,7 @@
 """SLURM options shared by every launcher, and the submitit executor built from them.
 
 Launchers add the site options with :func:`add_slurm_arguments` and decide the resources of their
-job themselves (nodes, tasks, GPUs, CPUs); :func:`make_executor` turns both into a submitit
+job themselves (:class:`JobResources`); :func:`make_executor` turns both into a submitit
 executor (SLURM, or the local executor with ``--local``) and :func:`sbatch_preview` renders the
 sbatch script such an executor would submit, for ``--dry-run``.
 """
@@ -12,7 +12,7 @@ import argparse
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -68,22 +68,34 @@ def add_slurm_arguments(
     )
 
 
-def slurm_parameters(
-    args: argparse.Namespace,
-    *,
-    name: str,
-    nodes: int,
-    tasks_per_node: int,
-    gpus_per_node: int = 0,
-    cpus_per_task: int | None = None,
-    setup: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Return submitit's SLURM parameters for a job with these resources and ``args``'s options."""
-    _check_resources(nodes, tasks_per_node, gpus_per_node, cpus_per_task)
+@dataclass(frozen=True)
+class JobResources:
+    """What one job asks of the cluster: its name, nodes, tasks (ranks) per node, GPUs per node
+    and CPU cores per task (None: the site's default). Impossible values raise LaunchError."""
+
+    name: str
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise LaunchError(f"--nodes must be at least 1, got {self.nodes}")
+        if self.tasks_per_node < 1:
+            raise LaunchError(f"tasks per node must be at least 1, got {self.tasks_per_node}")
+        if self.gpus_per_node < 0:
+            raise LaunchError(f"--gpus-per-node must not be negative, got {self.gpus_per_node}")
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            raise LaunchError(f"--cpus-per-task must be at least 1, got {self.cpus_per_task}")
+
+
+def slurm_parameters(args: argparse.Namespace, resources: JobResources) -> dict[str, Any]:
+    """Return submitit's SLURM parameters for a job with ``resources`` and ``args``'s options."""
     parameters: dict[str, Any] = {
-        "job_name": name,
-        "nodes": nodes,
-        "ntasks_per_node": tasks_per_node,
+        "job_name": resources.name,
+        "nodes": resources.nodes,
+        "ntasks_per_node": resources.tasks_per_node,
         "time": args.time,
         "signal_delay_s": args.signal_delay,
         # A task that exits with an error ends the whole step at once, so no rank waits for a
@@ -91,53 +103,40 @@ def slurm_parameters(
         "srun_args": ["--kill-on-bad-exit=1"],
         "additional_parameters": {"requeue": True},
     }
-    if gpus_per_node:
-        parameters["gpus_per_node"] = gpus_per_node
-    if cpus_per_task:
-        parameters["cpus_per_task"] = cpus_per_task
+    if resources.gpus_per_node:
+        parameters["gpus_per_node"] = resources.gpus_per_node
+    if resources.cpus_per_task:
+        parameters["cpus_per_task"] = resources.cpus_per_task
     if args.mem_gb:
         parameters["mem"] = _memory(args.mem_gb)
     for option in ("partition", "account", "qos", "constraint"):
         value = getattr(args, option)
         if value:
             parameters[option] = value
-    if setup:
-        parameters["setup"] = list(setup)
     return parameters
 
 
 def make_executor(
-    args: argparse.Namespace,
-    folder: str | Path,
-    *,
-    name: str,
-    nodes: int = 1,
-    tasks_per_node: int = 1,
-    gpus_per_node: int = 0,
-    cpus_per_task: int | None = None,
-    setup: Sequence[str] = (),
+    args: argparse.Namespace, folder: str | Path, resources: JobResources
 ) -> submitit.Executor:
     """Build the executor for one job: SLURM, or submitit's local executor with ``args.local``.
 
     ``folder`` receives submitit's pickles and the per-task logs (``%j_%t_log.out/err``).
     """
     if args.local:
-        _check_resources(nodes, tasks_per_node, gpus_per_node, cpus_per_task)
-        if nodes != 1:
-            raise LaunchError(f"--local runs on this machine only; use --nodes 1 (got {nodes})")
+        if resources.nodes != 1:
+            raise LaunchError(
+                f"--local runs on this machine only; use --nodes 1 (got {resources.nodes})"
+            )
         local = submitit.LocalExecutor(folder=folder, max_num_timeout=args.max_requeues)
         local.update_parameters(
             timeout_min=args.time,
-            tasks_per_node=tasks_per_node,
-            gpus_per_node=gpus_per_node,
+            tasks_per_node=resources.tasks_per_node,
+            gpus_per_node=resources.gpus_per_node,
             signal_delay_s=args.signal_delay,
-            setup=list(setup),
         )
         return local
-    parameters = slurm_parameters(
-        args, name=name, nodes=nodes, tasks_per_node=tasks_per_node,
-        gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, setup=setup,
-    )
+    parameters = slurm_parameters(args, resources)
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
         raise LaunchError("SLURM's sbatch/srun are not on PATH; use --local to run on this machine")
     slurm = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeues)
@@ -145,22 +144,9 @@ def make_executor(
     return slurm
 
 
-def sbatch_preview(
-    args: argparse.Namespace,
-    folder: str | Path,
-    *,
-    name: str,
-    nodes: int = 1,
-    tasks_per_node: int = 1,
-    gpus_per_node: int = 0,
-    cpus_per_task: int | None = None,
-    setup: Sequence[str] = (),
-) -> str:
+def sbatch_preview(args: argparse.Namespace, folder: str | Path, resources: JobResources) -> str:
     """Return the sbatch script :func:`make_executor` would submit (works without SLURM)."""
-    parameters = slurm_parameters(
-        args, name=name, nodes=nodes, tasks_per_node=tasks_per_node,
-        gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, setup=setup,
-    )
+    parameters = slurm_parameters(args, resources)
     folder = Path(folder).expanduser().absolute()
     command = " ".join(
         [shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
@@ -168,28 +154,9 @@ def sbatch_preview(
     return _make_sbatch_string(command=command, folder=folder, **parameters)
 
 
-def _check_resources(
-    nodes: int, tasks_per_node: int, gpus_per_node: int, cpus_per_task: int | None
-) -> None:
-    if nodes < 1:
-        raise LaunchError(f"--nodes must be at least 1, got {nodes}")
-    if tasks_per_node < 1:
-        raise LaunchError(f"tasks per node must be at least 1, got {tasks_per_node}")
-    if gpus_per_node < 0:
-        raise LaunchError(f"--gpus-per-node must not be negative, got {gpus_per_node}")
-    if cpus_per_task is not None and cpus_per_task < 1:
-        raise LaunchError(f"--cpus-per-task must be at least 1, got {cpus_per_task}")
-
-
 def default_run_dir(kind: str) -> Path:
     """A fresh run folder name under ``runs/``: ``<kind>-<date>-<time>``."""
     return Path("runs") / f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def last_line(error: BaseException) -> str:
-    """The last non-empty line of an error's message (what sbatch or SLURM said last)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def _memory(gigabytes: float) -> str:

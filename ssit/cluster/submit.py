@@ -23,15 +23,17 @@ from typing import Any, TextIO
 import yaml
 
 from ssit.cluster.executor import (
+    JobResources,
     LaunchError,
     add_slurm_arguments,
     default_run_dir,
-    last_line,
     make_executor,
     sbatch_preview,
 )
 from ssit.cluster.job import PretrainJob
 from ssit.config import ConfigError, config_to_dict, load_config
+from ssit.error_text import last_line
+from ssit.train.checkpoint import recorded_world_size
 from ssit.train.config import (
     DEFAULT_CONFIG,
     PretrainConfig,
@@ -66,6 +68,12 @@ class PretrainPlan:
     def log_dir(self) -> Path:
         """Where submitit keeps the job's pickles and per-task console logs."""
         return self.run_dir / "submitit"
+
+    @property
+    def resources(self) -> JobResources:
+        """What the job asks of the cluster."""
+        return JobResources(JOB_NAME, self.nodes, self.tasks_per_node, self.gpus_per_node,
+                            self.cpus_per_task)
 
 
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,7 +139,7 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
 
     run_name = f"pretrain-{Path(args.config).stem}"
     run_dir = (args.output or default_run_dir(run_name)).expanduser().absolute()
-    resume = _check_resumable(run_dir, config)
+    resume = _check_resumable(run_dir, config, args.nodes * tasks_per_node)
     cpus_per_task = args.cpus_per_task
     if cpus_per_task is None:
         cpus_per_task = config.data.num_threads if cpu else config.data.num_threads + 2
@@ -144,13 +152,6 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
 def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Dry-run, submit or run locally the job ``args`` describe; return the exit status."""
     plan = plan_pretrain(args)
-    resources = {
-        "name": JOB_NAME,
-        "nodes": plan.nodes,
-        "tasks_per_node": plan.tasks_per_node,
-        "gpus_per_node": plan.gpus_per_node,
-        "cpus_per_task": plan.cpus_per_task,
-    }
     where = f"{plan.nodes} node(s) x {plan.tasks_per_node} task(s)"
     if args.dry_run:
         if args.local:
@@ -158,10 +159,10 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             return 0
         out.write(f"# sbatch script for {where} ({plan.world_size} ranks); nothing submitted\n")
         out.write(f"# run folder: {plan.run_dir}\n")
-        out.write(sbatch_preview(args, plan.log_dir, **resources))
+        out.write(sbatch_preview(args, plan.log_dir, plan.resources))
         return 0
 
-    executor = make_executor(args, plan.log_dir, **resources)
+    executor = make_executor(args, plan.log_dir, plan.resources)
     job_callable = PretrainJob(plan.config, plan.run_dir, timeout_s=args.dist_timeout)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     # submitit's local controller inherits an ignored SIGINT, so Ctrl-C does not make it kill
@@ -268,8 +269,8 @@ def _with_absolute_shards(config: PretrainConfig) -> PretrainConfig:
     return dataclasses.replace(config, data=data)
 
 
-def _check_resumable(run_dir: Path, config: PretrainConfig) -> bool:
-    """True when ``run_dir`` holds a run this config may resume; raise if it may not."""
+def _check_resumable(run_dir: Path, config: PretrainConfig, world_size: int) -> bool:
+    """True when ``run_dir`` holds a run this config and world size may resume; raise if not."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         if run_dir.exists() and not run_dir.is_dir():
@@ -286,6 +287,12 @@ def _check_resumable(run_dir: Path, config: PretrainConfig) -> bool:
         raise LaunchError(
             f"{run_dir} holds a run with different {', '.join(locked)}; use another --output "
             "or the same settings to resume it"
+        )
+    ranks = recorded_world_size(run_dir / "checkpoints")
+    if ranks is not None and ranks != world_size:
+        raise LaunchError(
+            f"the checkpoints in {run_dir} were written by {ranks} ranks; resume with nodes x "
+            f"tasks per node = {ranks}, not {world_size}, or use another --output"
         )
     return True
 

@@ -46,6 +46,7 @@ from ssit.data.shard_index import (
     TooFewSamplesError,
     load_shard_set,
 )
+from ssit.error_text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +403,7 @@ def _dali_reason(exc: RuntimeError) -> str:
     for before, after in itertools.pairwise(lines):
         if before == "encountered:":
             return after
-    return lines[0] if lines else type(exc).__name__
+    return first_line(exc)
 
 
 def _is_decode_failure(exc: RuntimeError) -> bool:

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ssit.atomic_write import replacing
+from ssit.error_text import first_line
 
 LOGGER = logging.getLogger(__name__)
 CROP_QUALITY = 95
@@ -52,8 +53,7 @@ def crop_to_file(source: Path, target: Path) -> str | None:
         with replacing(target) as partial:
             Image.fromarray(result.image).save(partial, format="JPEG", quality=CROP_QUALITY)
     except Exception as error:  # any unreadable image is reported by name, not raised here
-        text = str(error).strip()
-        return f"{source}: {text.splitlines()[0] if text else type(error).__name__}"
+        return f"{source}: {first_line(error)}"
     return None
 
 

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ssit.cluster.executor import (
+    JobResources,
     LaunchError,
     add_slurm_arguments,
     default_run_dir,
-    last_line,
     make_executor,
     sbatch_preview,
 )
 from ssit.config import ConfigError, load_config
+from ssit.error_text import last_line
 from ssit.evaluate.config import DATASETS, PROTOCOLS, GradeConfig
 from ssit.evaluate.job import RESULTS_FILE, GradingJob, validate_grading_config
 from ssit.evaluate.report import summary_table, write_json
@@ -60,6 +61,12 @@ class GradingPlan:
     def log_dir(self) -> Path:
         """Where submitit keeps the jobs' pickles and console logs."""
         return self.run_dir / "submitit"
+
+    @property
+    def resources(self) -> JobResources:
+        """What each job of the array asks of the cluster."""
+        return JobResources(JOB_NAME, gpus_per_node=self.gpus_per_node,
+                            cpus_per_task=self.cpus_per_task)
 
 
 def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,8 +141,6 @@ def launch_grading(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(summarize_run(args.summarize) + "\n")
         return 0
     plan = plan_grading(args)
-    resources = {"name": JOB_NAME, "gpus_per_node": plan.gpus_per_node,
-                 "cpus_per_task": plan.cpus_per_task}
     names = ", ".join(task.name for task in plan.tasks)
     if args.dry_run:
         out.write(f"# {len(plan.tasks)} grading job(s): {names}; nothing submitted\n")
@@ -143,10 +148,10 @@ def launch_grading(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if not args.local:
             out.write(f"# submitted as a job array of {len(plan.tasks)} task(s), each with "
                       "this script:\n")
-            out.write(sbatch_preview(args, plan.log_dir, **resources))
+            out.write(sbatch_preview(args, plan.log_dir, plan.resources))
         return 0
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    executor = make_executor(args, plan.log_dir, **resources)
+    executor = make_executor(args, plan.log_dir, plan.resources)
     out.write(f"output folder: {plan.run_dir}\n")
     if args.local:
         results = []

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssit.error_text import first_line
+
 logger = logging.getLogger(__name__)
 
 CheckpointSource = str | Path | Mapping[str, Any]
@@ -48,17 +50,17 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
         try:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"cannot read checkpoint {path}: {_describe(error)}") from None
+            raise CheckpointError(f"cannot read checkpoint {path}: {first_line(error)}") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:
-            raise CheckpointError(f"cannot read checkpoint {path}: {_describe(error)}") from None
+            raise CheckpointError(f"cannot read checkpoint {path}: {first_line(error)}") from None
         logger.warning("checkpoint %s holds non-tensor objects; it was unpickled fully", path)
     except (OSError, RuntimeError, EOFError) as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {_describe(error)}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(error)}") from None
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a mapping")
     return loaded
@@ -135,11 +137,6 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool,
             _examples(unexpected),
         )
     model.load_state_dict(state, strict=False)
-
-
-def _describe(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _examples(keys: list[str]) -> str:

@@ -4,11 +4,14 @@ A checkpoint is ``<dir>/checkpoint-<step:08d>.pt``. It is first written to a hid
 file in the same directory, flushed to disk, then renamed over the final name, so a crash while
 saving never leaves a partial file under a checkpoint name. The newest checkpoint is found by
 scanning the names; one that cannot be read is set aside (renamed ``*.unreadable``) and the one
-before is used, with a warning.
+before is used, with a warning. Beside the checkpoints, ``ranks.json`` records how many ranks
+wrote them, so that a launcher can refuse a resume on another number of ranks before it queues
+the job.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -20,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssit.atomic_write import replacing
+from ssit.error_text import first_line
 from ssit.model.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,7 @@ REQUIRED_KEYS = frozenset(
     {"format", "step", "epoch", "world_size", "model", "optimizer", "pipeline_states",
      "rng_states"}
 )
+RANKS_FILE = "ranks.json"
 _NAME = re.compile(r"^checkpoint-(\d{8,})\.pt$")
 _TEMP_PREFIX = ".checkpoint-"
 
@@ -90,13 +96,30 @@ def rotate_checkpoints(directory: str | Path, keep: int) -> list[Path]:
     return removed
 
 
+def record_world_size(directory: str | Path, world_size: int) -> None:
+    """Note in ``directory`` that its checkpoints were written by ``world_size`` ranks."""
+    with replacing(Path(directory) / RANKS_FILE) as partial:
+        partial.write_text(json.dumps({"world_size": world_size}) + "\n")
+
+
+def recorded_world_size(directory: str | Path) -> int | None:
+    """How many ranks wrote the checkpoints in ``directory``; None without checkpoints or record."""
+    if not list_checkpoints(directory):
+        return None
+    try:
+        value = json.loads((Path(directory) / RANKS_FILE).read_text())["world_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read one checkpoint onto the CPU; raise CheckpointError if it is unreadable or incomplete."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"cannot read {path.name}: {_one_line(error)}") from None
+        raise CheckpointError(f"cannot read {path.name}: {first_line(error)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path.name} does not hold a checkpoint dictionary")
     missing = sorted(REQUIRED_KEYS - state.keys())
@@ -192,11 +215,6 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(descriptor)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 __all__ = [

@@ -38,6 +38,7 @@ from ssit.train.checkpoint import (
     checkpoint_path,
     load_checkpoint,
     load_latest_checkpoint,
+    record_world_size,
     restore_rng_state,
     save_checkpoint,
 )
@@ -433,6 +434,7 @@ def _save(
             "saved_at": time.time(),
         }
         path = save_checkpoint(state, checkpoint_dir, cfg.checkpoint.keep)
+        record_world_size(checkpoint_dir, ctx.world_size)
         log.info("saved checkpoint %s", path)
     barrier(ctx)
     progress.last_checkpoint = checkpoint_path(checkpoint_dir, progress.step)

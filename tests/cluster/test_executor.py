@@ -15,11 +15,11 @@ from ssit.cluster.executor import (
     DEFAULT_MAX_REQUEUES,
     DEFAULT_SIGNAL_DELAY_S,
     DEFAULT_TIME_MIN,
+    JobResources,
     LaunchError,
     add_slurm_arguments,
     make_executor,
     sbatch_preview,
-    slurm_parameters,
 )
 
 
@@ -55,8 +55,9 @@ def test_bad_option_values_are_refused(argv: tuple[str, ...], capsys: pytest.Cap
 
 
 def test_sbatch_preview_of_a_gpu_job(tmp_path: Path) -> None:
-    script = sbatch_preview(parse(*SITE), tmp_path / "logs", name="ssit-pretrain", nodes=4,
-                            tasks_per_node=8, gpus_per_node=8, cpus_per_task=6)
+    script = sbatch_preview(parse(*SITE), tmp_path / "logs",
+                            JobResources("ssit-pretrain", nodes=4, tasks_per_node=8,
+                                         gpus_per_node=8, cpus_per_task=6))
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                  "#SBATCH --cpus-per-task=6", "#SBATCH --partition=gpu",
                  "#SBATCH --account=proj42", "#SBATCH --qos=high", "#SBATCH --constraint=a100",
@@ -71,8 +72,8 @@ def test_sbatch_preview_of_a_gpu_job(tmp_path: Path) -> None:
 
 
 def test_sbatch_preview_of_a_cpu_job_asks_for_no_gpu(tmp_path: Path) -> None:
-    script = sbatch_preview(parse("--signal-delay", "30"), tmp_path, name="cpu", nodes=2,
-                            tasks_per_node=3, cpus_per_task=2)
+    script = sbatch_preview(parse("--signal-delay", "30"), tmp_path,
+                            JobResources("cpu", nodes=2, tasks_per_node=3, cpus_per_task=2))
     assert "gpus" not in script and "--partition" not in script and "--mem" not in script
     assert "#SBATCH --ntasks-per-node=3" in script
     assert "#SBATCH --signal=USR2@30" in script
@@ -85,28 +86,26 @@ def test_sbatch_preview_of_a_cpu_job_asks_for_no_gpu(tmp_path: Path) -> None:
     ({"cpus_per_task": 0}, "--cpus-per-task must be at least 1"),
 ])
 def test_impossible_resources_are_refused(resources: dict, message: str) -> None:
-    plan = {"name": "x", "nodes": 1, "tasks_per_node": 1, **resources}
     with pytest.raises(LaunchError, match=message):
-        slurm_parameters(parse(), **plan)
-    with pytest.raises(LaunchError, match=message):
-        make_executor(parse("--local"), "unused", **plan)
+        JobResources("x", **resources)
 
 
 def test_local_executor_runs_one_node(tmp_path: Path) -> None:
     executor = make_executor(parse("--local", "--time", "30", "--max-requeues", "2"), tmp_path,
-                             name="x", tasks_per_node=2)
+                             JobResources("x", tasks_per_node=2))
     assert isinstance(executor, submitit.LocalExecutor)
     assert executor.max_num_timeout == 2
     assert executor.parameters["tasks_per_node"] == 2
     assert executor.parameters["timeout_min"] == 30
     with pytest.raises(LaunchError, match="--local runs on this machine only"):
-        make_executor(parse("--local"), tmp_path, name="x", nodes=2)
+        make_executor(parse("--local"), tmp_path, JobResources("x", nodes=2))
 
 
 @pytest.mark.skipif(shutil.which("srun") is None, reason="SLURM's srun is not installed")
 def test_slurm_executor_carries_every_option(tmp_path: Path) -> None:
-    executor = make_executor(parse(*SITE, "--max-requeues", "5"), tmp_path, name="job",
-                             nodes=2, tasks_per_node=4, gpus_per_node=4, cpus_per_task=8)
+    executor = make_executor(parse(*SITE, "--max-requeues", "5"), tmp_path,
+                             JobResources("job", nodes=2, tasks_per_node=4, gpus_per_node=4,
+                                          cpus_per_task=8))
     assert isinstance(executor, submitit.SlurmExecutor)
     assert executor.max_num_timeout == 5
     expected = {"nodes": 2, "ntasks_per_node": 4, "gpus_per_node": 4, "cpus_per_task": 8,

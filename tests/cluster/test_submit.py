@@ -20,6 +20,7 @@ from ssit.cluster.submit import (
     plan_pretrain,
 )
 from ssit.config import ConfigError, load_config, save_config
+from ssit.train.checkpoint import checkpoint_path, record_world_size
 from ssit.train.config import PretrainConfig
 from tests.cluster.conftest import LAUNCHER, run_launcher
 
@@ -124,6 +125,18 @@ def test_resuming_with_other_model_settings_is_refused(demo_shards: Path, tmp_pa
     saved_run(demo_shards, tmp_path, "seed=3")
     with pytest.raises(LaunchError, match=f"{tmp_path} holds a run with different seed"):
         plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
+
+
+def test_resuming_on_another_number_of_ranks_is_refused(demo_shards: Path, tmp_path: Path
+                                                        ) -> None:
+    saved_run(demo_shards, tmp_path)
+    record_world_size(tmp_path / "checkpoints", 2)
+    checkpoint_path(tmp_path / "checkpoints", 10).write_bytes(b"")
+    with pytest.raises(LaunchError, match="written by 2 ranks; resume with nodes x tasks per "
+                       "node = 2, not 1"):
+        plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
+    plan = plan_pretrain(tiny(demo_shards, "--cpu", "--nodes", "2", "--output", str(tmp_path)))
+    assert plan.resume and plan.world_size == 2
 
 
 def test_output_that_is_a_file_is_refused(demo_shards: Path, tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from ssit.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_latest_checkpoint,
+    record_world_size,
+    recorded_world_size,
     restore_rng_state,
     rotate_checkpoints,
     save_checkpoint,
@@ -68,6 +70,24 @@ def test_listing_is_ordered_by_step_and_ignores_other_files(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     assert [checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [4, 30, 100]
     assert list_checkpoints(tmp_path / "missing") == []
+
+
+def test_world_size_record_counts_only_with_checkpoints(tmp_path):
+    assert recorded_world_size(tmp_path / "absent") is None
+    record_world_size(tmp_path, 8)
+    assert recorded_world_size(tmp_path) is None  # no checkpoint yet
+    checkpoint_path(tmp_path, 5).write_bytes(b"")
+    assert recorded_world_size(tmp_path) == 8
+    record_world_size(tmp_path, 2)
+    assert recorded_world_size(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000005.pt", "ranks.json"]
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"world_size": "8"}', '{"world_size": 0}'])
+def test_damaged_world_size_record_is_ignored(tmp_path, text):
+    checkpoint_path(tmp_path, 5).write_bytes(b"")
+    (tmp_path / "ranks.json").write_text(text)
+    assert recorded_world_size(tmp_path) is None
 
 
 def test_rotation_keeps_the_newest(tmp_path):

@@ -11,6 +11,7 @@ import yaml
 
 from ssit.config import load_config
 from ssit.train import PretrainConfig, list_checkpoints, load_checkpoint, pretrain
+from ssit.train.checkpoint import recorded_world_size
 from ssit.train.distributed import init_distributed
 from tests.train.conftest import tiny_overrides
 
@@ -103,6 +104,7 @@ def test_tensorboard_holds_scalars_and_pictures(runs):
 def test_checkpoint_holds_every_rank_state(runs):
     state = load_checkpoint(runs["full"] / "checkpoints" / "checkpoint-00000012.pt")
     assert state["step"] == TOTAL_STEPS and state["epoch"] == 2 and state["world_size"] == 2
+    assert recorded_world_size(runs["full"] / "checkpoints") == 2
     assert len(state["pipeline_states"]) == 2 and len(state["rng_states"]) == 2
     assert state["pipeline_states"][0] != state["pipeline_states"][1]
     assert not any(key.startswith("module.") for key in state["model"])
