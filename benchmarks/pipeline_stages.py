@@ -10,7 +10,6 @@ methods (`benchmarks.reference_pipeline`) one sample at a time.
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,11 +32,6 @@ class StageCost:
     reference_ms: float
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _dali_ms(inputs: Sequence[list[np.ndarray]], layouts: Sequence[str], graph: Callable) -> float:
     """CPU ms per sample of `graph(*inputs)` in a one-thread CPU pipeline, pass-through removed."""
     from nvidia.dali import fn, pipeline_def
@@ -57,10 +51,10 @@ def _dali_ms(inputs: Sequence[list[np.ndarray]], layouts: Sequence[str], graph: 
         built.build()
         for _ in range(3):
             built.run()
-        start = _cpu_seconds()
+        start = time.process_time()
         for _ in range(RUNS):
             built.run()
-        return 1000.0 * (_cpu_seconds() - start) / (RUNS * BATCH)
+        return 1000.0 * (time.process_time() - start) / (RUNS * BATCH)
 
     return max(0.0, per_sample(graph) - per_sample(lambda *nodes: nodes))
 
