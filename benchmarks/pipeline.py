@@ -176,9 +176,7 @@ def _stage_lines(
     dali_sum = sum(stage.dali_ms for stage in stages)
     reference_sum = sum(stage.reference_ms for stage in stages)
     budget = reference.cpu_ms_per_sample / 2.0
-    slower = [
-        s.stage.split(" (")[0].split(",")[0] for s in stages if s.dali_ms > s.reference_ms + 0.5
-    ]
+    slower = [s.stage for s in stages if s.dali_ms > s.reference_ms + 0.5]
     return [
         "Stage by stage, CPU ms per sample (both views, each operation's probability in",
         "effect): DALI stages are our graph functions (`ssit.data.augment`) in a one-thread",

@@ -30,6 +30,12 @@ class StageCost:
     stage: str
     dali_ms: float
     reference_ms: float
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        """The stage with its detail (what it covers), for the table."""
+        return f"{self.stage} ({self.detail})" if self.detail else self.stage
 
 
 def _dali_ms(inputs: Sequence[list[np.ndarray]], layouts: Sequence[str], graph: Callable) -> float:
@@ -132,42 +138,49 @@ def measure_stages(samples: Sequence[dict]) -> list[StageCost]:
     encoded, full, small = (jpegs, pngs), (images, maps), (small_images, small_maps)
     stages = [
         (
-            "decode JPEG + saliency PNG",
+            "decode",
+            "JPEG + saliency PNG",
             _dali_ms(encoded, ("", ""), decode),
             _reference_ms(lambda i: reference.decode(samples[i])),
         ),
         (
-            "resized crop to 224, image + map",
+            "resized crop to 224",
+            "image + map",
             _dali_ms(full, ("HWC", "HWC"), crop),
             _reference_ms(both(lambda v, i: v.crop(*pil[i]))),
         ),
         (
-            "colour jitter (p 0.8) + grayscale (p 0.2)",
+            "colour jitter + grayscale",
+            "p 0.8, p 0.2",
             _dali_ms(small[:1], ("HWC",), lambda x: [colour_jitter_grayscale(x, v) for v in views]),
             _reference_ms(both(lambda v, i: v.colour(pil_small[i][0]))),
         ),
         (
-            "Gaussian blur (view 1 always, view 2 p 0.1)",
+            "Gaussian blur",
+            "view 1 always, view 2 p 0.1",
             _dali_ms(small[:1], ("HWC",), lambda x: [gaussian_blur(x, v) for v in views]),
             _reference_ms(both(lambda v, i: v.blur(pil_small[i][0]))),
         ),
         (
-            "solarize (view 2, p 0.2)",
+            "solarize",
+            "view 2, p 0.2",
             _dali_ms(small[:1], ("HWC",), lambda x: [solarize(x, v) for v in views]),
             _reference_ms(both(lambda v, i: v.solarize(pil_small[i][0]))),
         ),
         (
-            "rotation (p 0.8) + flips, image + map",
+            "rotation + flips",
+            "p 0.8 and 0.5 each, image + map",
             _dali_ms(small, ("HWC", "HWC"), rotate),
             _reference_ms(both(lambda v, i: v.rotate_flip(*pil_small[i]))),
         ),
         (
-            "to float + normalise, image + map",
+            "to float + normalise",
+            "image + map",
             _dali_ms(small, ("HWC", "HWC"), normalise),
             _reference_ms(both(lambda v, i: v.to_tensors(*pil_small[i]))),
         ),
     ]
-    return [StageCost(name, dali, ref) for name, dali, ref in stages]
+    return [StageCost(name, dali, ref, detail) for name, detail, dali, ref in stages]
 
 
 def load_samples(shards: Path) -> list[dict]:
@@ -188,7 +201,7 @@ def stage_rows(costs: Sequence[StageCost]) -> list[str]:
     for cost in costs:
         ratio = cost.dali_ms / cost.reference_ms if cost.reference_ms > 0 else float("nan")
         rows.append(
-            f"| {cost.stage} | {cost.dali_ms:.2f} | {cost.reference_ms:.2f} | {ratio:.1f} |"
+            f"| {cost.label} | {cost.dali_ms:.2f} | {cost.reference_ms:.2f} | {ratio:.1f} |"
         )
     dali = sum(c.dali_ms for c in costs)
     ref = sum(c.reference_ms for c in costs)

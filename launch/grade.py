@@ -13,10 +13,10 @@ launcher waits and prints a summary table (also written to summary.json and summ
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
+from ssit.cli import run_launcher
 from ssit.cluster.executor import LaunchError
 from ssit.config import ConfigError
 from ssit.evaluate.submit import add_grade_arguments, launch_grading
@@ -24,17 +24,8 @@ from ssit.evaluate.submit import add_grade_arguments, launch_grading
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options and submit (or dry-run, or run locally) the grading jobs."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_grade_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return launch_grading(args)
-    except (ConfigError, LaunchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_launcher(__doc__.split("\n\n")[0], add_grade_arguments, launch_grading,
+                        (ConfigError, LaunchError), argv)
 
 
 if __name__ == "__main__":

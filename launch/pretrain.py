@@ -9,10 +9,10 @@ Resubmitting with the same --output resumes the run from its newest checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
+from ssit.cli import run_launcher
 from ssit.cluster.executor import LaunchError
 from ssit.cluster.submit import add_pretrain_arguments, launch_pretrain
 from ssit.config import ConfigError
@@ -20,16 +20,8 @@ from ssit.config import ConfigError
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options and submit (or dry-run, or run locally) the pre-training job."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-    )
-    add_pretrain_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return launch_pretrain(args)
-    except (ConfigError, LaunchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return run_launcher(__doc__.split("\n\n")[0], add_pretrain_arguments, launch_pretrain,
+                        (ConfigError, LaunchError), argv)
 
 
 if __name__ == "__main__":

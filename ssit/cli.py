@@ -26,6 +26,7 @@ __all__ = [
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "run_launcher",
 ]
 
 EXIT_USAGE = 2
@@ -187,6 +188,29 @@ def build_parser(subcommands: Sequence[Subcommand] = SUBCOMMANDS) -> argparse.Ar
         subcommand.add_arguments(sub)
         sub.set_defaults(subcommand=subcommand)
     return parser
+
+
+def run_launcher(
+    description: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    launch: Callable[[argparse.Namespace], int],
+    user_errors: tuple[type[BaseException], ...],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Entry point of a ``launch/`` script: parse its options and run it.
+
+    An error in ``user_errors`` is reported as one ``error: ...`` line with exit status 2.
+    """
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return launch(args)
+    except user_errors as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

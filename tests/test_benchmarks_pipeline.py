@@ -42,3 +42,11 @@ def test_too_few_samples_are_refused(demo_shards: Path) -> None:
     samples = pipeline_stages.load_samples(demo_shards)[:3]
     with pytest.raises(ValueError, match="need 32 samples"):
         pipeline_stages.measure_stages(samples)
+
+
+def test_stage_label_adds_the_detail() -> None:
+    assert StageCost("blur", 1.0, 1.0, "view 1").label == "blur (view 1)"
+    assert (
+        stage_rows([StageCost("blur", 1.0, 2.0, "view 1")])[0]
+        == "| blur (view 1) | 1.00 | 2.00 | 0.5 |"
+    )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssit.cli import SUBCOMMANDS, main
+from ssit.cli import SUBCOMMANDS, main, run_launcher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,3 +135,23 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert status == 2
     assert "missing.pt" in one_error_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+def _launch(args: argparse.Namespace) -> int:
+    if args.fail == "user":
+        raise ValueError("bad --fail value\nsecond line")
+    if args.fail == "bug":
+        raise RuntimeError("a bug")
+    return 7
+
+
+def _add_fail(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fail", default="no")
+
+
+def test_run_launcher_reports_user_errors_with_exit_status_2(capsys: pytest.CaptureFixture) -> None:
+    assert run_launcher("d", _add_fail, _launch, (ValueError,), []) == 7
+    assert run_launcher("d", _add_fail, _launch, (ValueError,), ["--fail", "user"]) == 2
+    assert capsys.readouterr().err == "error: bad --fail value\nsecond line\n"
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_launcher("d", _add_fail, _launch, (ValueError,), ["--fail", "bug"])

@@ -38,10 +38,10 @@ from ssit.train.config import (
     DEFAULT_CONFIG,
     PretrainConfig,
     config_fields_differing,
+    resume_locked_fields,
     validate_pretrain_config,
 )
 from ssit.train.distributed import DEFAULT_TIMEOUT_S
-from ssit.train.engine import RESUME_LOCKED_KEYS
 
 DEFAULT_GPUS_PER_NODE = 8
 JOB_NAME = "ssit-pretrain"
@@ -282,7 +282,7 @@ def _check_resumable(run_dir: Path, config: PretrainConfig, world_size: int) -> 
         raise LaunchError(f"cannot read the config of the run in {run_dir}: "
                           f"{last_line(error)}") from None
     differing = config_fields_differing(saved, config_to_dict(config))
-    locked = [key for key in differing if key.startswith(RESUME_LOCKED_KEYS)]
+    locked = resume_locked_fields(differing)
     if locked:
         raise LaunchError(
             f"{run_dir} holds a run with different {', '.join(locked)}; use another --output "

@@ -38,10 +38,11 @@ from ssit.evaluate.encoder import GradingModel, create_encoder, describe_encoder
 from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
 from ssit.evaluate.knn import extract_class_tokens, knn_grade
 from ssit.evaluate.metrics import grades_from_scores
-from ssit.evaluate.precision import resolve_device, resolve_precision
+from ssit.evaluate.precision import resolve_device
 from ssit.evaluate.report import draw_confusion_matrix, json_ready, result_table, write_json
 from ssit.evaluate.transforms import eval_transform, train_transform
 from ssit.model.backbone import create_vit
+from ssit.train.config import resolve_precision
 
 LOGGER = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
@@ -90,7 +91,7 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
         started = time.time()
         _seed_everything(cfg.train.seed)
         device = resolve_device(cfg.train.device)
-        precision = resolve_precision(cfg.train.precision, device)
+        precision = resolve_precision(cfg.train.precision, device.type)
         LOGGER.info("grading %s with %s on %s (%s, %s)", cfg.data.dataset, cfg.train.protocol,
                     cfg.encoder.checkpoint, device, precision)
         splits = load_grading_data(cfg.data, out_dir)

@@ -11,6 +11,7 @@ with it off, ``optim.lr`` is used as given whatever the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -211,6 +212,15 @@ def _check_shards(spec: str, per_rank: int, world_size: int) -> None:
         )
 
 
+# What a run's checkpoints hold depends on these settings, so a resumed run may not change them.
+RESUME_LOCKED_KEYS = ("seed", "model.", "optim.batch_size")
+
+
+def resume_locked_fields(differing: Sequence[str]) -> list[str]:
+    """Those of the dotted keys ``differing`` that a resumed run may not change."""
+    return [key for key in differing if key.startswith(RESUME_LOCKED_KEYS)]
+
+
 def config_fields_differing(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested config dicts."""
     keys = sorted(set(a) | set(b))
@@ -227,6 +237,7 @@ def config_fields_differing(a: dict, b: dict, prefix: str = "") -> list[str]:
 __all__ = [
     "DEFAULT_CONFIG",
     "REFERENCE_BATCH_SIZE",
+    "RESUME_LOCKED_KEYS",
     "CheckpointConfig",
     "DataConfig",
     "LogConfig",
@@ -236,5 +247,6 @@ __all__ = [
     "PretrainConfig",
     "config_fields_differing",
     "resolve_precision",
+    "resume_locked_fields",
     "validate_pretrain_config",
 ]

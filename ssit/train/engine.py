@@ -47,6 +47,7 @@ from ssit.train.config import (
     PretrainConfig,
     config_fields_differing,
     resolve_precision,
+    resume_locked_fields,
     validate_pretrain_config,
 )
 from ssit.train.distributed import (
@@ -71,7 +72,6 @@ from ssit.train.schedules import (
 log = logging.getLogger(__name__)
 
 # Config keys that must not change when a run resumes: they define what the checkpoint holds.
-RESUME_LOCKED_KEYS = ("seed", "model.", "optim.batch_size")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -470,7 +470,7 @@ def _load_resume_state(
         )
     saved_config = state.get("config") or {}
     differing = config_fields_differing(saved_config, config_to_dict(cfg))
-    locked = [key for key in differing if key.startswith(RESUME_LOCKED_KEYS)]
+    locked = resume_locked_fields(differing)
     if locked:
         raise CheckpointError(
             f"cannot resume {chosen}: {', '.join(locked)} differ from the checkpoint's config"

@@ -12,6 +12,7 @@ from ssit.train.config import (
     PretrainConfig,
     config_fields_differing,
     resolve_precision,
+    resume_locked_fields,
     validate_pretrain_config,
 )
 
@@ -199,3 +200,10 @@ def test_differing_fields_are_listed_by_dotted_key():
     right = {"seed": 0, "model": {"arch": "b", "img_size": 64}, "optim": {"lr": 2.0}, "x": 1}
     assert config_fields_differing(left, right) == ["model.arch", "optim.lr", "x"]
     assert config_fields_differing(left, left) == []
+
+
+def test_resume_may_change_everything_but_seed_model_and_batch():
+    differing = ["data.num_threads", "model.arch", "optim.batch_size", "optim.lr", "seed",
+                 "modelling"]
+    assert resume_locked_fields(differing) == ["model.arch", "optim.batch_size", "seed"]
+    assert resume_locked_fields([]) == []
