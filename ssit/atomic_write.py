@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -23,3 +25,11 @@ def replacing(path: str | Path) -> Iterator[Path]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def replace_json(path: str | Path, value: Any, indent: int | None = None) -> Path:
+    """Write ``value`` as JSON (one trailing newline) to ``path`` atomically; return the path."""
+    path = Path(path)
+    with replacing(path) as partial:
+        partial.write_text(json.dumps(value, indent=indent) + "\n")
+    return path

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from ssit.atomic_write import replacing
 from ssit.error_text import first_line
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -82,10 +83,10 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> Path:
-    """Write ``config`` as YAML to ``path`` (keys in schema order) and return the path."""
+    """Write ``config`` as YAML to ``path`` (keys in schema order, atomically); return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    with replacing(path) as partial:
+        partial.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     return path
 
 

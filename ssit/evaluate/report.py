@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ssit.atomic_write import replacing
+from ssit.atomic_write import replace_json
 
 GRADE_NAMES = ("0 none", "1 mild", "2 moderate", "3 severe", "4 PDR")
 SUMMARY_COLUMNS = ("dataset", "protocol", "encoder", "kappa", "accuracy", "AUC (>=2)", "n test",
@@ -37,10 +36,7 @@ def json_ready(value: Any) -> Any:
 
 def write_json(value: Any, path: str | Path) -> Path:
     """Write ``value`` as indented JSON, atomically."""
-    path = Path(path)
-    with replacing(path) as partial:
-        partial.write_text(json.dumps(json_ready(value), indent=2) + "\n")
-    return path
+    return replace_json(path, json_ready(value), indent=2)
 
 
 def format_number(value: Any, digits: int = 4) -> str:

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from ssit.atomic_write import replacing
+from ssit.atomic_write import replace_json
 from ssit.prepare.crop import CROP_SIZE
 from ssit.prepare.decode import BadImageError
 from ssit.prepare.sample import encode_sample, preprocess_image
@@ -388,7 +388,7 @@ class _ShardWriter:
             self.tmp.unlink()
             tar_path.unlink(missing_ok=True)
             index_path.unlink(missing_ok=True)
-        _write_json_atomically(_state_path(self.out_dir, self.name), record)
+        replace_json(_state_path(self.out_dir, self.name), record)
         return record
 
     def abandon(self) -> None:
@@ -412,11 +412,6 @@ class _BytesReader:
 
 def _state_path(out_dir: Path, name: str) -> Path:
     return out_dir / _STATE_DIR / f"{name}.json"
-
-
-def _write_json_atomically(path: Path, payload: Any, indent: int | None = None) -> None:
-    with replacing(path) as partial:
-        partial.write_text(json.dumps(payload, indent=indent) + "\n")
 
 
 def _complete_record(out_dir: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
@@ -592,7 +587,7 @@ def _finish(
         "skipped": len(skipped),
         "unmatched_labels": len(plan.label_notes),
     }
-    _write_json_atomically(out_dir / "manifest.json", manifest, indent=2)
+    replace_json(out_dir / "manifest.json", manifest, indent=2)
     if converted:
         logger.info("converted to 8-bit RGB: %s",
                     ", ".join(f"{note}: {n}" for note, n in sorted(converted.items())))

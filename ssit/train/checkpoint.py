@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssit.atomic_write import replacing
+from ssit.atomic_write import replace_json
 from ssit.error_text import first_line
 from ssit.model.checkpoint import CheckpointError
 
@@ -98,8 +98,7 @@ def rotate_checkpoints(directory: str | Path, keep: int) -> list[Path]:
 
 def record_world_size(directory: str | Path, world_size: int) -> None:
     """Note in ``directory`` that its checkpoints were written by ``world_size`` ranks."""
-    with replacing(Path(directory) / RANKS_FILE) as partial:
-        partial.write_text(json.dumps({"world_size": world_size}) + "\n")
+    replace_json(Path(directory) / RANKS_FILE, {"world_size": world_size})
 
 
 def recorded_world_size(directory: str | Path) -> int | None:

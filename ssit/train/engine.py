@@ -13,7 +13,6 @@ the newest readable one, mid-epoch, with the same number of ranks.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ssit.atomic_write import replace_json
 from ssit.config import config_to_dict, save_config
 from ssit.data.pipeline import PretrainPipeline
 from ssit.model import SSiT
@@ -525,7 +525,7 @@ def _write_summary(
         "log": str(run_dir / "log.txt"),
         "tensorboard": str(run_dir / "tensorboard"),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    replace_json(run_dir / "summary.json", summary, indent=2)
 
 
 __all__ = [
