@@ -4,6 +4,11 @@ A job's schema is a (nested) dataclass. ``load_config`` reads a YAML file, appli
 ``dotted.key=value`` overrides (values parsed as YAML scalars), checks every key and type against
 the schema and returns a populated instance. Unknown keys, wrong types and malformed overrides
 raise :class:`ConfigError` with a one-line message.
+
+A section may be a choice between several schemas (a method or a backbone with options of its
+own): its base dataclass has a ``name`` field and a ``config_variants()`` classmethod mapping
+each name to the dataclass of that variant; the section's ``name`` picks the schema its other
+keys are checked against.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ def load_config(
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(values, key, value)
+    upgrade = getattr(schema, "upgrade_config_values", None)
+    if upgrade is not None:
+        values = upgrade(values)
     return _build(schema, values, prefix="")
 
 
@@ -135,7 +143,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key '{key}' is a section; give it as a mapping of keys")
-        return _build(hint, value, prefix=f"{key}.")
+        return _build(_variant(hint, value, key), value, prefix=f"{key}.")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -162,6 +170,19 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
         return dict(value)
     return _convert_scalar(value, hint, key)
+
+
+def _variant(schema: type, values: Mapping[str, Any], key: str) -> type:
+    """The dataclass that a section's ``name`` selects, for sections with variants."""
+    variants = getattr(schema, "config_variants", None)
+    if variants is None:
+        return schema
+    choices = variants()
+    name = values.get("name", schema.__dataclass_fields__["name"].default)
+    if name not in choices:
+        known = ", ".join(sorted(choices))
+        raise ConfigError(f"config key '{key}.name' must be one of {known}, got {name!r}")
+    return choices[name]
 
 
 def _convert_scalar(value: Any, hint: Any, key: str) -> Any:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from ssit.atomic_write import replace_json
+from ssit.backbones.weights import CheckpointError
 from ssit.error_text import first_line
-from ssit.model.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 

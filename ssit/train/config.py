@@ -1,7 +1,11 @@
 """The pre-training configuration: a nested dataclass schema with the paper's defaults.
 
 Load it with ``ssit.config.load_config(PretrainConfig, name_or_path, overrides)`` and check it
-with :func:`validate_pretrain_config` before anything is submitted or started.
+with :func:`validate_pretrain_config` before anything is submitted or started. ``backbone`` and
+``method`` are sections with variants: their ``name`` (``vit``/``cnn``, ``ssit``/``simclr``/
+``gravis``) picks the options they accept. Configurations written before backbones and methods
+were configurable (sections ``model`` and ``loss``) are read as ``backbone: vit`` and
+``method: ssit`` with the same values.
 
 Learning rate: ``optim.lr`` is the rate for a global batch of ``REFERENCE_BATCH_SIZE`` (512, the
 paper's setting). With ``optim.scale_lr`` on (the default) the peak rate used for training scales
@@ -11,11 +15,14 @@ with it off, ``optim.lr`` is used as given whatever the batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ssit.backbones.config import BackboneConfig, ViTConfig
 from ssit.config import ConfigError
+from ssit.error_text import first_line
+from ssit.methods.config import MethodConfig, SSiTConfig
 
 REFERENCE_BATCH_SIZE = 512
 # The packaged configuration of the paper's run, used when a launcher is given none.
@@ -23,23 +30,6 @@ DEFAULT_CONFIG = "ssit_vits16_eyepacs"
 
 Device = Literal["auto", "cuda", "cpu"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
-
-
-@dataclass
-class ModelConfig:
-    """The SSiT model: backbone, key selection, heads and contrastive temperature."""
-
-    arch: str = "vit_small_patch16_224"
-    img_size: int = 224
-    mask_ratio: float = 0.25
-    temperature: float = 0.2
-    saliency_threshold: float = 0.5
-    pool: str | None = "max"
-    proj_dim: int = 256
-    mlp_dim: int = 4096
-    segmentation: bool = True
-    momentum: float = 0.99
-    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,24 +42,21 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then half-cosine decay, evaluated every step."""
+    """AdamW (or SGD) with linear warm-up then half-cosine decay, evaluated every step.
 
+    ``momentum`` and ``nesterov`` apply to SGD only.
+    """
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     epochs: int = 300
     warmup_epochs: float = 40.0
     batch_size: int = 512
     lr: float = 1e-3
     scale_lr: bool = True
     weight_decay: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
     clip_grad: float | None = 1.0
-
-
-@dataclass
-class LossConfig:
-    """Weights of the contrastive and saliency-segmentation losses."""
-
-    w_cl: float = 1.0
-    w_ss: float = 10.0
-    ss_decay: bool = False
 
 
 @dataclass
@@ -97,10 +84,10 @@ class PretrainConfig:
     seed: int = 0
     device: Device = "auto"
     precision: Precision = "auto"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    backbone: BackboneConfig = field(default_factory=ViTConfig)
+    method: MethodConfig = field(default_factory=SSiTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -112,6 +99,39 @@ class PretrainConfig:
                 f"{world_size} ranks"
             )
         return self.optim.batch_size // world_size
+
+    @classmethod
+    def upgrade_config_values(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Values of an older layout (``model`` and ``loss`` sections) in today's layout."""
+        return upgrade_pretrain_values(values)
+
+
+# Keys of the old ``model`` section that belong to the ViT backbone, with their new names.
+_OLD_BACKBONE_KEYS = {"arch": "arch", "img_size": "img_size", "encoder_kwargs": "kwargs"}
+
+
+def upgrade_pretrain_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Move an old ``model``/``loss`` layout to ``backbone: vit`` + ``method: ssit``.
+
+    Values already in today's layout are returned unchanged.
+    """
+    values = dict(values)
+    model, loss = values.pop("model", None), values.pop("loss", None)
+    if model is None and loss is None:
+        return values
+    if "backbone" in values or "method" in values:
+        raise ConfigError("config mixes the old 'model'/'loss' sections with 'backbone'/'method'")
+    model = dict(model or {}) if isinstance(model, Mapping) else model
+    loss = dict(loss or {}) if isinstance(loss, Mapping) else loss
+    if not isinstance(model, dict) or not isinstance(loss, dict):
+        raise ConfigError("config sections 'model' and 'loss' must be mappings")
+    backbone = {"name": "vit"}
+    for old, new in _OLD_BACKBONE_KEYS.items():
+        if old in model:
+            backbone[new] = model.pop(old)
+    values["backbone"] = backbone
+    values["method"] = {"name": "ssit", **model, **loss}
+    return values
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -126,9 +146,9 @@ def resolve_precision(precision: str, device_type: str) -> str:
 def validate_pretrain_config(cfg: PretrainConfig, world_size: int) -> None:
     """Check everything that can be checked before a job starts; raise ConfigError (one line).
 
-    Covers value ranges, the batch split over ``world_size`` ranks, the architecture (known to
-    timm, a ViT whose patch size divides the image size) and the shards (present on disk and
-    enough samples for at least one step per rank).
+    Covers value ranges, the batch split over ``world_size`` ranks, the method on its backbone
+    (built on the meta device: a timm architecture, options and a pairing that work) and the
+    shards (present on disk and enough samples for at least one step per rank).
     """
     if world_size < 1:
         raise ConfigError(f"world size must be at least 1, got {world_size}")
@@ -136,20 +156,13 @@ def validate_pretrain_config(cfg: PretrainConfig, world_size: int) -> None:
     if cfg.device == "cpu":
         resolve_precision(cfg.precision, "cpu")
     per_rank = cfg.batch_size_per_rank(world_size)
-    _check_arch(cfg.model)
+    _check_method(cfg)
     _check_shards(cfg.data.shards, per_rank, world_size)
 
 
 def _check_ranges(cfg: PretrainConfig) -> None:
     checks = [
-        ("model.img_size", cfg.model.img_size, cfg.model.img_size > 0, "> 0"),
-        ("model.mask_ratio", cfg.model.mask_ratio, 0 <= cfg.model.mask_ratio < 1, "in [0, 1)"),
-        ("model.temperature", cfg.model.temperature, cfg.model.temperature > 0, "> 0"),
-        ("model.saliency_threshold", cfg.model.saliency_threshold,
-         0 <= cfg.model.saliency_threshold <= 1, "in [0, 1]"),
-        ("model.proj_dim", cfg.model.proj_dim, cfg.model.proj_dim > 0, "> 0"),
-        ("model.mlp_dim", cfg.model.mlp_dim, cfg.model.mlp_dim > 0, "> 0"),
-        ("model.momentum", cfg.model.momentum, 0 <= cfg.model.momentum <= 1, "in [0, 1]"),
+        ("backbone.img_size", cfg.backbone.img_size, cfg.backbone.img_size > 0, "> 0"),
         ("data.num_threads", cfg.data.num_threads, cfg.data.num_threads > 0, "> 0"),
         ("optim.epochs", cfg.optim.epochs, cfg.optim.epochs > 0, "> 0"),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs,
@@ -157,10 +170,9 @@ def _check_ranges(cfg: PretrainConfig) -> None:
         ("optim.batch_size", cfg.optim.batch_size, cfg.optim.batch_size > 0, "> 0"),
         ("optim.lr", cfg.optim.lr, cfg.optim.lr > 0, "> 0"),
         ("optim.weight_decay", cfg.optim.weight_decay, cfg.optim.weight_decay >= 0, ">= 0"),
+        ("optim.momentum", cfg.optim.momentum, 0 <= cfg.optim.momentum < 1, "in [0, 1)"),
         ("optim.clip_grad", cfg.optim.clip_grad,
          cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "> 0 or null"),
-        ("loss.w_cl", cfg.loss.w_cl, cfg.loss.w_cl >= 0, ">= 0"),
-        ("loss.w_ss", cfg.loss.w_ss, cfg.loss.w_ss >= 0, ">= 0"),
         ("checkpoint.every_minutes", cfg.checkpoint.every_minutes,
          cfg.checkpoint.every_minutes is None or cfg.checkpoint.every_minutes >= 0, ">= 0 or null"),
         ("checkpoint.every_epochs", cfg.checkpoint.every_epochs,
@@ -169,27 +181,29 @@ def _check_ranges(cfg: PretrainConfig) -> None:
         ("log.every_steps", cfg.log.every_steps, cfg.log.every_steps >= 1, ">= 1"),
         ("log.image_every_steps", cfg.log.image_every_steps,
          cfg.log.image_every_steps is None or cfg.log.image_every_steps >= 0, ">= 0 or null"),
+        *cfg.method.range_checks(),
     ]
     for key, value, ok, expected in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
-    if cfg.model.segmentation is False and cfg.loss.w_ss > 0:
-        raise ConfigError("loss.w_ss must be 0 when model.segmentation is false")
+    if cfg.optim.nesterov and cfg.optim.optimizer != "sgd":
+        raise ConfigError("optim.nesterov applies to optim.optimizer=sgd only")
 
 
-def _check_arch(model: ModelConfig) -> None:
+def _check_method(cfg: PretrainConfig) -> None:
     import torch
 
-    from ssit.model import create_vit
+    from ssit.methods import create_method
 
     try:
         with torch.device("meta"):
-            create_vit(model.arch, model.img_size, encoder_kwargs=model.encoder_kwargs)
+            create_method(cfg.method, cfg.backbone)
     except (TypeError, ValueError, AssertionError, RuntimeError) as error:
-        text = str(error).strip().splitlines()
+        text = first_line(error)
         raise ConfigError(
-            f"model.arch '{model.arch}' (img_size {model.img_size}) cannot be used: "
-            f"{text[0] if text else type(error).__name__}"
+            f"method {cfg.method.name} on backbone {cfg.backbone.name} "
+            f"'{getattr(cfg.backbone, 'arch', '')}' (img_size {cfg.backbone.img_size}) "
+            f"cannot be used: {text}"
         ) from None
 
 
@@ -212,13 +226,16 @@ def _check_shards(spec: str, per_rank: int, world_size: int) -> None:
         )
 
 
-# What a run's checkpoints hold depends on these settings, so a resumed run may not change them.
-RESUME_LOCKED_KEYS = ("seed", "model.", "optim.batch_size")
+# What a run's checkpoints hold depends on these settings, so a resumed run may not change them;
+# the loss weights are the exception.
+RESUME_LOCKED_KEYS = ("seed", "backbone.", "method.", "optim.batch_size", "optim.optimizer")
+RESUME_FREE_KEYS = ("method.w_cl", "method.w_ss", "method.ss_decay")
 
 
 def resume_locked_fields(differing: Sequence[str]) -> list[str]:
     """Those of the dotted keys ``differing`` that a resumed run may not change."""
-    return [key for key in differing if key.startswith(RESUME_LOCKED_KEYS)]
+    return [key for key in differing
+            if key.startswith(RESUME_LOCKED_KEYS) and key not in RESUME_FREE_KEYS]
 
 
 def config_fields_differing(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -241,12 +258,11 @@ __all__ = [
     "CheckpointConfig",
     "DataConfig",
     "LogConfig",
-    "LossConfig",
-    "ModelConfig",
     "OptimConfig",
     "PretrainConfig",
     "config_fields_differing",
     "resolve_precision",
     "resume_locked_fields",
+    "upgrade_pretrain_values",
     "validate_pretrain_config",
 ]

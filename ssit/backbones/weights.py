@@ -1,4 +1,4 @@
-"""Reading SSiT weights from checkpoints, ours and the authors'.
+"""Reading model weights from checkpoints, ours and the SSiT authors'.
 
 Accepted inputs: a path to a ``torch.save`` file (or a ``.safetensors`` file), or an in-memory
 mapping. The model weights are found as the mapping itself, or under ``"model"`` (our training
@@ -76,8 +76,8 @@ def _strip_wrapper_prefixes(key: str) -> str:
     return key
 
 
-def ssit_state_dict(checkpoint: CheckpointSource) -> dict[str, torch.Tensor]:
-    """The model weights in ``checkpoint`` with wrapper prefixes removed (SSiT parameter names)."""
+def checkpoint_state_dict(checkpoint: CheckpointSource) -> dict[str, torch.Tensor]:
+    """The model weights in ``checkpoint`` with wrapper prefixes removed."""
     loaded = read_checkpoint(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
     state: Mapping[str, Any] = loaded
     for key in _CONTAINER_KEYS:
@@ -93,18 +93,6 @@ def ssit_state_dict(checkpoint: CheckpointSource) -> dict[str, torch.Tensor]:
         keys = ", ".join(list(loaded)[:5])
         raise CheckpointError(f"checkpoint holds no model weights (top-level keys: {keys})")
     return tensors
-
-
-def load_ssit_state_dict(
-    model: nn.Module, checkpoint: CheckpointSource, strict: bool = True
-) -> None:
-    """Load SSiT weights (ours or the authors') into ``model``.
-
-    With ``strict`` every parameter must match; otherwise missing and unexpected names are
-    logged. Shape mismatches always raise ``CheckpointError``.
-    """
-    state = ssit_state_dict(checkpoint)
-    load_into(model, state, strict=strict, what="SSiT model")
 
 
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], strict: bool, what: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssit.model.heads import build_mlp, build_saliency_segmentor, tokens_to_grid
+from ssit.methods.heads import build_mlp, build_saliency_segmentor, tokens_to_grid
 
 
 def test_projector_layout_and_names() -> None:

@@ -1,29 +1,29 @@
-"""The timm Vision Transformer backbone: creation, and extraction from SSiT checkpoints.
+"""The timm Vision Transformer backbone (``backbone.name: vit``).
 
-For grading, the pre-trained query encoder (``base_encoder.*``) or momentum encoder
-(``momentum_encoder.*``) is taken out of a checkpoint, its projector (``head.*``) dropped, and
-loaded into a plain timm ``VisionTransformer`` with ``num_classes=0`` at the requested input
-size, the position embeddings being resampled to the new patch grid.
+Pooled feature: the class token after the final norm. Grading reads the class token
+concatenated with the mean patch token, as in the SSiT paper. Pre-trained weights taken to
+another input size get their position embeddings resampled to the new patch grid.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
-from ssit.model.checkpoint import CheckpointError, CheckpointSource, load_into, ssit_state_dict
+from ssit.backbones.config import BackboneConfig, ViTConfig
+from ssit.backbones.registry import BackboneKind
+from ssit.backbones.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
-
-Branch = Literal["query", "momentum"]
-BRANCH_PREFIXES: dict[str, str] = {"query": "base_encoder.", "momentum": "momentum_encoder."}
 
 
 def create_vit(
@@ -60,30 +60,6 @@ def create_vit(
     return model
 
 
-def backbone_state_dict(
-    checkpoint: CheckpointSource, branch: Branch = "query"
-) -> dict[str, torch.Tensor]:
-    """The ViT weights of one SSiT branch in timm names, projector (``head.*``) dropped.
-
-    A checkpoint that already holds a plain ViT (``patch_embed.*`` at top level) is accepted
-    for the query branch.
-    """
-    if branch not in BRANCH_PREFIXES:
-        raise ValueError(f"branch must be 'query' or 'momentum', got {branch!r}")
-    state = ssit_state_dict(checkpoint)
-    prefix = BRANCH_PREFIXES[branch]
-    backbone = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-    if not backbone:
-        if branch == "query" and "patch_embed.proj.weight" in state:
-            logger.info("checkpoint holds a plain ViT; using it as the query backbone")
-            backbone = state
-        else:
-            raise CheckpointError(
-                f"checkpoint holds no '{prefix}*' weights (keys like {', '.join(list(state)[:3])})"
-            )
-    return {key: value for key, value in backbone.items() if not key.startswith("head.")}
-
-
 def resize_pos_embed(
     state: Mapping[str, torch.Tensor], model: VisionTransformer
 ) -> dict[str, torch.Tensor]:
@@ -109,18 +85,41 @@ def resize_pos_embed(
     return state
 
 
-def extract_backbone(
-    checkpoint: CheckpointSource,
-    arch: str = "vit_small_patch16_224",
-    img_size: int = 384,
-    branch: Branch = "query",
-    encoder_kwargs: Mapping[str, Any] | None = None,
-) -> VisionTransformer:
-    """A plain timm ViT (``num_classes=0``) holding one branch's pre-trained weights.
+def _require_vit_config(cfg: BackboneConfig) -> None:
+    if not isinstance(cfg, ViTConfig):
+        raise TypeError(f"the vit backbone needs a ViTConfig, got {type(cfg).__name__}")
 
-    Position embeddings are resampled when ``img_size`` differs from the pre-training size.
-    """
-    model = create_vit(arch, img_size, encoder_kwargs=encoder_kwargs)
-    state = resize_pos_embed(backbone_state_dict(checkpoint, branch), model)
-    load_into(model, state, strict=True, what=f"{arch} backbone")
-    return model
+
+class ViTKind(BackboneKind):
+    """timm ViTs: class-token pooling; grading reads [class token, mean patch token]."""
+
+    name = "vit"
+
+    def build(self, cfg: BackboneConfig, pretrained: bool = False) -> nn.Module:
+        _require_vit_config(cfg)
+        return create_vit(cfg.arch, cfg.img_size, pretrained, cfg.kwargs)
+
+    def grading_features(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        tokens = model.forward_features(images)
+        patches = tokens[:, model.num_prefix_tokens :]
+        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=1)
+
+    def grading_dim(self, model: nn.Module) -> int:
+        return 2 * int(model.embed_dim)
+
+    def adapt_state(
+        self, state: Mapping[str, torch.Tensor], model: nn.Module
+    ) -> dict[str, torch.Tensor]:
+        return resize_pos_embed(state, model)
+
+    def export_metadata(self, cfg: BackboneConfig) -> dict[str, str]:
+        _require_vit_config(cfg)
+        return {"arch": cfg.arch, "img_size": str(cfg.img_size),
+                "model_kwargs": json.dumps(cfg.kwargs)}
+
+    def config_from_metadata(self, metadata: Mapping[str, str]) -> BackboneConfig:
+        return ViTConfig(arch=metadata["arch"], img_size=int(metadata.get("img_size", 224)),
+                         kwargs=json.loads(metadata.get("model_kwargs") or "{}"))
+
+
+VIT = ViTKind()

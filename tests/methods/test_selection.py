@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssit.model.selection import gather_tokens, num_kept_patches, pool_saliency, select_patches
+from ssit.methods.selection import gather_tokens, num_kept_patches, pool_saliency, select_patches
 
 # Pooled (3x3 grid, row-major) values of the crafted map below, patch index -> value:
 #   0: 0.2  1: 0.9  2: 0.5

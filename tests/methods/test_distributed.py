@@ -24,8 +24,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from ssit.model import contrastive_loss
-from tests.model.conftest import tiny_ssit, views
+from ssit.methods.contrastive import contrastive_loss
+from tests.methods.conftest import run_ssit, tiny_ssit, views
 
 WORLD = 2
 LOCAL_BATCH = 4
@@ -55,7 +55,7 @@ def model_run(train_bn: bool, batch: list[torch.Tensor], ddp: bool) -> dict[str,
     model = tiny_ssit()
     model.train(train_bn)
     wrapped = DistributedDataParallel(model) if ddp else model
-    loss_cl, loss_ss = wrapped(*batch, momentum=MOMENTUM)
+    loss_cl, loss_ss = run_ssit(wrapped, *batch, momentum=MOMENTUM)
     (loss_cl + loss_ss).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return {"loss_cl": loss_cl.detach(), "loss_ss": loss_ss.detach(), "grads": grads}
@@ -123,5 +123,5 @@ def test_model_with_batch_statistics_matches_in_contrastive_loss(rank_results) -
     # Keys from local data only (no gather) give a different value: the test can fail.
     torch.manual_seed(0)
     lonely = tiny_ssit()
-    loss_cl, _ = lonely(*local(mirrored_views(), 1), momentum=MOMENTUM)
+    loss_cl, _ = run_ssit(lonely, *local(mirrored_views(), 1), momentum=MOMENTUM)
     assert not torch.allclose(loss_cl, single["loss_cl"], rtol=1e-3)

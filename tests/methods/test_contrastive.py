@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ssit.model.losses import contrastive_loss, saliency_segmentation_loss
+from ssit.methods.contrastive import contrastive_loss, saliency_segmentation_loss
 
 
 def test_contrastive_loss_on_a_hand_worked_3x3_example() -> None:

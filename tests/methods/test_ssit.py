@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from ssit.model import SSiT
-from ssit.model.losses import contrastive_loss, saliency_segmentation_loss
-from tests.model.conftest import views
+from ssit.methods.ssit import SSiT
+from ssit.methods.contrastive import contrastive_loss, saliency_segmentation_loss
+from tests.methods.conftest import run_ssit, views
 
 # Names as in the authors' state dicts (their model was built the same way).
 AUTHOR_NAMES = [
@@ -59,7 +59,7 @@ def test_momentum_encoder_starts_as_a_frozen_copy(make_ssit) -> None:
 
 def test_forward_returns_two_scalar_losses_and_no_gradient_reaches_momentum(make_ssit) -> None:
     model = make_ssit()
-    loss_cl, loss_ss = model(*views(), momentum=0.99)
+    loss_cl, loss_ss = run_ssit(model, *views(), momentum=0.99)
     assert loss_cl.shape == loss_ss.shape == ()
     assert loss_cl.item() > 0 and loss_ss.item() > 0
     (loss_cl + 10 * loss_ss).backward()
@@ -76,14 +76,14 @@ def test_momentum_parameters_follow_the_ema_rule_after_a_step(make_ssit) -> None
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1
     )
-    loss_cl, loss_ss = model(*views(seed=1), momentum=0.99)
+    loss_cl, loss_ss = run_ssit(model, *views(seed=1), momentum=0.99)
     (loss_cl + loss_ss).backward()
     optimizer.step()
     old = {name: p.detach().clone() for name, p in model.momentum_encoder.named_parameters()}
     query = {name: p.detach().clone() for name, p in model.base_encoder.named_parameters()}
     assert any(not torch.equal(old[name], query[name]) for name in old)
 
-    model(*views(seed=2), momentum=0.9)
+    run_ssit(model, *views(seed=2), momentum=0.9)
     for name, param in model.momentum_encoder.named_parameters():
         expected = 0.9 * old[name] + 0.1 * query[name]
         torch.testing.assert_close(param.detach(), expected, rtol=1e-6, atol=1e-7)
@@ -95,7 +95,7 @@ def test_forward_equals_the_per_view_computation_of_the_original(make_ssit) -> N
     model = make_ssit()
     reference = copy.deepcopy(model)
     x1, x2, m1, m2 = views(seed=3)
-    loss_cl, loss_ss = model(x1, x2, m1, m2, momentum=0.95)
+    loss_cl, loss_ss = run_ssit(model, x1, x2, m1, m2, momentum=0.95)
 
     reference.update_momentum_encoder(0.95)
     q1 = reference.predictor(reference.base_encoder(x1))
@@ -149,7 +149,7 @@ def test_moco_v3_baseline_needs_no_saliency(make_ssit) -> None:
     assert model.saliency_segmentor is None
     assert not any(name.startswith("saliency_segmentor") for name in model.state_dict())
     x1, x2, _, _ = views()
-    loss_cl, loss_ss = model(x1, x2, None, None, momentum=0.99)
+    loss_cl, loss_ss = run_ssit(model, x1, x2, None, None, momentum=0.99)
     assert loss_ss.item() == 0.0 and loss_cl.item() > 0
     with pytest.raises(RuntimeError, match="segmentation"):
         model.segment(x1)
@@ -180,13 +180,13 @@ def test_segmentation_logits_have_the_input_size(arch: str, patch: int) -> None:
 def test_sync_batchnorm_conversion_keeps_names_and_outputs(make_ssit) -> None:
     model = make_ssit().eval()
     x1, x2, m1, m2 = views()
-    before = model(x1, x2, m1, m2, momentum=1.0)
+    before = run_ssit(model, x1, x2, m1, m2, momentum=1.0)
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
     norms = [m for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
     assert set(converted.state_dict()) == set(model.state_dict())
     assert not converted.predictor[4].affine
-    after = converted(x1, x2, m1, m2, momentum=1.0)
+    after = run_ssit(converted, x1, x2, m1, m2, momentum=1.0)
     for a, b in zip(before, after, strict=True):
         torch.testing.assert_close(a, b)
 
@@ -231,17 +231,17 @@ def test_bad_input_raises(make_ssit) -> None:
     model = make_ssit()
     x1, x2, m1, m2 = views()
     with pytest.raises(ValueError, match="x1"):
-        model(x1[..., :32, :32], x2, m1, m2, 0.99)
+        run_ssit(model, x1[..., :32, :32], x2, m1, m2, 0.99)
     with pytest.raises(ValueError, match="differ"):
-        model(x1, x2[:2], m1, m2, 0.99)
-    with pytest.raises(ValueError, match="m2"):
-        model(x1, x2, m1, m2[:, :, :32], 0.99)
+        run_ssit(model, x1, x2[:2], m1, m2, 0.99)
+    with pytest.raises(ValueError, match="view 1 needs a saliency map"):
+        run_ssit(model, x1, x2, m1, m2[:, :, :32], 0.99)
     with pytest.raises(ValueError, match="both views"):
-        model(x1, x2, m1, None, 0.99)
+        run_ssit(model, x1, x2, m1, None, 0.99)
     with pytest.raises(ValueError, match="saliency maps are needed"):
-        model(x1, x2, None, None, 0.99)
+        run_ssit(model, x1, x2, None, None, 0.99)
     with pytest.raises(ValueError, match="momentum"):
-        model(x1, x2, m1, m2, 1.5)
+        run_ssit(model, x1, x2, m1, m2, 1.5)
     with pytest.raises(ValueError, match="saliency maps are needed"):
         model.key_features(x1, None)
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from ssit.model import SSiT
+from ssit.methods.ssit import SSiT
 
 TINY_ARCH = "vit_tiny_patch16_224"
 TINY_ENCODER = {"depth": 2, "embed_dim": 48, "num_heads": 2}
@@ -33,6 +33,24 @@ def views(batch: int = 4, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, 
     x1, x2 = torch.randn(2, batch, 3, size, size, generator=generator)
     m1, m2 = torch.rand(2, batch, 1, size, size, generator=generator)
     return x1, x2, m1, m2
+
+
+def run_ssit(
+    model: torch.nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    m1: torch.Tensor | None,
+    m2: torch.Tensor | None,
+    momentum: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EMA step then forward, as the loop does; ``(loss_cl, loss_ss)`` (0 without segmentation).
+
+    ``model`` may be wrapped (DDP); the EMA step goes to the SSiT module inside.
+    """
+    inner = getattr(model, "module", model)
+    inner.update_momentum_encoder(momentum)
+    losses = model([x1, x2], [m1, m2])
+    return losses["cl"], losses.get("ss", losses["cl"].new_zeros(()))
 
 
 @pytest.fixture

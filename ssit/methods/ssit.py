@@ -1,8 +1,9 @@
-"""SSiT: MoCo v3 with saliency-guided key selection and saliency segmentation.
+"""SSiT: MoCo v3 with saliency-guided key selection and saliency segmentation (``method: ssit``).
 
 Parameter names follow the authors' release: ``base_encoder.*`` (query ViT in timm names with
 the projector as ``base_encoder.head.*``), ``momentum_encoder.*`` (its EMA copy),
-``predictor.*`` and ``saliency_segmentor.*``.
+``predictor.*`` and ``saliency_segmentor.*``. With ``pool=None`` and ``segmentation=False`` the
+method is MoCo v3.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from typing import Any
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
 
-from ssit.model.backbone import create_vit
-from ssit.model.heads import build_mlp, build_saliency_segmentor, tokens_to_grid
-from ssit.model.losses import contrastive_loss, saliency_segmentation_loss
-from ssit.model.selection import (
+from ssit.backbones.config import BackboneConfig, ViTConfig
+from ssit.backbones.vit import create_vit
+from ssit.data.views import SSIT_VIEWS, ViewSpec
+from ssit.methods.base import Method, Pictures, check_views
+from ssit.methods.config import MethodConfig, SSiTConfig
+from ssit.methods.contrastive import contrastive_loss, saliency_segmentation_loss
+from ssit.methods.heads import build_mlp, build_saliency_segmentor, tokens_to_grid
+from ssit.methods.schedules import ema_momentum, segmentation_weight
+from ssit.methods.selection import (
     PoolMode,
     gather_tokens,
     num_kept_patches,
@@ -27,16 +32,16 @@ from ssit.model.selection import (
 )
 
 
-class SSiT(nn.Module):
+class SSiT(Method):
     """Saliency-guided self-supervised image transformer.
 
-    ``loss_cl, loss_ss = model(x1, x2, m1, m2, momentum)`` takes two augmented views
-    ``(B, 3, S, S)`` and their saliency maps ``(B, 1, S, S)`` in [0, 1]. It first moves the
-    momentum encoder towards the query encoder by EMA, then returns the symmetric contrastive
-    loss ``ctr(q1, k2) + ctr(q2, k1)`` and the segmentation loss ``bce(x1) + bce(x2)``.
+    ``model([x1, x2], [m1, m2])`` takes two augmented views ``(B, 3, S, S)`` and their saliency
+    maps ``(B, 1, S, S)`` in [0, 1] and returns ``{"cl": ctr(q1, k2) + ctr(q2, k1),
+    "ss": bce(x1) + bce(x2)}``. The momentum encoder moves towards the query encoder by EMA in
+    :meth:`before_step` (or :meth:`update_momentum_encoder`), before the keys are computed.
 
     ``pool=None`` lets the key encoder see every patch (MoCo v3); ``segmentation=False`` drops
-    the segmentor and returns a zero ``loss_ss``. The maps may be ``None`` when neither uses them.
+    the segmentor and its loss. The maps may be ``None`` when neither uses them.
     """
 
     def __init__(
@@ -52,6 +57,10 @@ class SSiT(nn.Module):
         segmentation: bool = True,
         pretrained: bool = False,
         encoder_kwargs: Mapping[str, Any] | None = None,
+        momentum: float = 0.99,
+        w_cl: float = 1.0,
+        w_ss: float = 10.0,
+        ss_decay: bool = False,
     ) -> None:
         super().__init__()
         if pool not in ("max", "avg", None):
@@ -66,6 +75,10 @@ class SSiT(nn.Module):
         self.temperature = temperature
         self.saliency_threshold = saliency_threshold
         self.pool = pool
+        self.base_momentum = momentum
+        self.w_cl = w_cl
+        self.w_ss = w_ss
+        self.ss_decay = ss_decay
 
         self.base_encoder = create_vit(arch, img_size, pretrained, encoder_kwargs)
         if self.base_encoder.dynamic_img_size:
@@ -85,6 +98,11 @@ class SSiT(nn.Module):
         self.saliency_segmentor = (
             build_saliency_segmentor(embed_dim, self.patch_size) if segmentation else None
         )
+        with_map = pool is not None or segmentation
+        self.views: tuple[ViewSpec, ...] = tuple(
+            ViewSpec(spec.augmentation, with_map=with_map) for spec in SSIT_VIEWS
+        )
+        self.loss_names = ("cl", "ss") if segmentation else ("cl",)
 
     @property
     def segmentation(self) -> bool:
@@ -101,41 +119,57 @@ class SSiT(nn.Module):
         torch._foreach_mul_(key_params, momentum)
         torch._foreach_add_(key_params, query_params, alpha=1 - momentum)
 
+    def before_step(self, epoch: float, total_epochs: float) -> dict[str, float]:
+        """EMA step of the momentum encoder with the cosine momentum schedule at ``epoch``."""
+        momentum = ema_momentum(epoch, self.base_momentum, total_epochs)
+        self.update_momentum_encoder(momentum)
+        return {"momentum": momentum}
+
+    def loss_weights(self, epoch: float, total_epochs: float) -> dict[str, float]:
+        """``w_cl`` and the (optionally cosine-decayed) segmentation weight ``w_ss``."""
+        weights = {"cl": self.w_cl}
+        if self.segmentation:
+            weights["ss"] = segmentation_weight(epoch, self.w_ss, total_epochs, self.ss_decay)
+        return weights
+
     def forward(
-        self,
-        x1: torch.Tensor,
-        x2: torch.Tensor,
-        m1: torch.Tensor | None,
-        m2: torch.Tensor | None,
-        momentum: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update the momentum encoder, then return ``(loss_cl, loss_ss)`` for the two views."""
-        self._check_inputs(x1, x2, m1, m2)
-        images = torch.cat([x1, x2])
-        maps = torch.cat([m1, m2]) if m1 is not None and m2 is not None else None
+        self, images: list[torch.Tensor], maps: list[torch.Tensor | None]
+    ) -> dict[str, torch.Tensor]:
+        """The contrastive loss ``cl`` and, with segmentation, the segmentation loss ``ss``."""
+        self._check_inputs(images, maps)
+        batch = torch.cat(images)
+        m1, m2 = maps
+        both_maps = torch.cat([m1, m2]) if m1 is not None and m2 is not None else None
 
         # Both views go through each encoder in one batch; the BatchNorm heads see one view at a
         # time, as they would with one encoder call per view.
-        tokens = self.base_encoder.forward_features(images)
+        tokens = self.base_encoder.forward_features(batch)
         features = self.base_encoder.forward_head(tokens, pre_logits=True)
         q1, q2 = (self.predictor(self.base_encoder.head(f)) for f in features.chunk(2))
 
         with torch.no_grad():
-            self.update_momentum_encoder(momentum)
-            key_features = self.key_features(images, maps)
+            key_features = self.key_features(batch, both_maps)
             k1, k2 = (self.momentum_encoder.head(f) for f in key_features.chunk(2))
 
-        loss_cl = contrastive_loss(q1, k2, self.temperature) + contrastive_loss(
-            q2, k1, self.temperature
-        )
-        if self.saliency_segmentor is None or maps is None:
-            return loss_cl, loss_cl.new_zeros(())
+        losses = {"cl": contrastive_loss(q1, k2, self.temperature)
+                  + contrastive_loss(q2, k1, self.temperature)}
+        if self.saliency_segmentor is None:
+            return losses
         logits = self._segment_tokens(tokens)
-        loss_ss = sum(
+        losses["ss"] = sum(
             saliency_segmentation_loss(view_logits, view_maps, self.saliency_threshold)
-            for view_logits, view_maps in zip(logits.chunk(2), maps.chunk(2), strict=True)
+            for view_logits, view_maps in zip(logits.chunk(2), both_maps.chunk(2), strict=True)
         )
-        return loss_cl, loss_ss
+        return losses
+
+    def saliency_picture(self, image: torch.Tensor, saliency: torch.Tensor) -> Pictures | None:
+        """Up to four images, their thresholded maps and the predicted saliency."""
+        if self.saliency_segmentor is None:
+            return None
+        count = min(4, image.shape[0])
+        logits = self.segment(image[:count])
+        target = (saliency[:count] > self.saliency_threshold).float()
+        return image[:count], target, torch.sigmoid(logits.float())
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Saliency-segmentation logits ``(B, 1, H, W)`` of the query encoder for images ``x``."""
@@ -152,7 +186,7 @@ class SSiT(nn.Module):
         """Class-token features ``(B, D)`` of the momentum encoder before its projector.
 
         With saliency pooling the encoder sees only the patches chosen from ``maps`` (see
-        :mod:`ssit.model.selection`); with ``pool=None`` it sees every patch.
+        :mod:`ssit.methods.selection`); with ``pool=None`` it sees every patch.
         """
         encoder = self.momentum_encoder
         if self.pool is not None and maps is None:
@@ -174,26 +208,21 @@ class SSiT(nn.Module):
             )
 
     def _check_inputs(
-        self,
-        x1: torch.Tensor,
-        x2: torch.Tensor,
-        m1: torch.Tensor | None,
-        m2: torch.Tensor | None,
+        self, images: list[torch.Tensor], maps: list[torch.Tensor | None]
     ) -> None:
-        self._check_images(x1, "x1")
-        self._check_images(x2, "x2")
-        if x1.shape != x2.shape:
-            raise ValueError(f"views differ in shape: {tuple(x1.shape)} and {tuple(x2.shape)}")
-        if (m1 is None) != (m2 is None):
+        if len(images) != 2 or len(maps) != 2:
+            raise ValueError(f"SSiT needs two views, got {len(images)} images and "
+                             f"{len(maps)} maps")
+        for index, image in enumerate(images, start=1):
+            self._check_images(image, f"x{index}")
+        if images[0].shape != images[1].shape:
+            raise ValueError(f"views differ in shape: {tuple(images[0].shape)} and "
+                             f"{tuple(images[1].shape)}")
+        if (maps[0] is None) != (maps[1] is None):
             raise ValueError("give saliency maps for both views or for neither")
-        if m1 is None:
-            if self.pool is not None or self.segmentation:
-                raise ValueError("saliency maps are needed for key selection and segmentation")
-            return
-        expected = (x1.shape[0], 1, self.img_size, self.img_size)
-        for name, saliency in (("m1", m1), ("m2", m2)):
-            if tuple(saliency.shape) != expected:
-                raise ValueError(f"{name} must have shape {expected}, got {tuple(saliency.shape)}")
+        if maps[0] is None and (self.pool is not None or self.segmentation):
+            raise ValueError("saliency maps are needed for key selection and segmentation")
+        check_views(self, images, maps)
 
     def extra_repr(self) -> str:
         return (
@@ -201,3 +230,25 @@ class SSiT(nn.Module):
             f"kept_patches={self.num_kept}, temperature={self.temperature}, "
             f"saliency_threshold={self.saliency_threshold}"
         )
+
+
+def build_ssit(method: MethodConfig, backbone: BackboneConfig) -> SSiT:
+    """The SSiT (or MoCo v3) method of a ``method: ssit`` section on a ViT backbone."""
+    if not isinstance(method, SSiTConfig) or not isinstance(backbone, ViTConfig):
+        raise ValueError("method ssit needs an SSiTConfig and a ViT backbone")
+    return SSiT(
+        arch=backbone.arch,
+        img_size=backbone.img_size,
+        mask_ratio=method.mask_ratio,
+        temperature=method.temperature,
+        saliency_threshold=method.saliency_threshold,
+        pool=method.pool,
+        proj_dim=method.proj_dim,
+        mlp_dim=method.mlp_dim,
+        segmentation=method.segmentation,
+        encoder_kwargs=backbone.kwargs,
+        momentum=method.momentum,
+        w_cl=method.w_cl,
+        w_ss=method.w_ss,
+        ss_decay=method.ss_decay,
+    )

@@ -1,0 +1,161 @@
+"""Method sections of the configuration: ``method.name`` and that method's own options.
+
+Each method's dataclass holds the paper's values as defaults. This module imports neither
+torch nor DALI, so launchers can load and check configurations quickly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ssit.backbones.config import BackboneConfig
+
+
+@dataclass
+class MethodConfig:
+    """Base of the method sections; ``name`` selects the method."""
+
+    name: str = "ssit"
+
+    @classmethod
+    def config_variants(cls) -> dict[str, type[MethodConfig]]:
+        """The dataclass of every registered method, by name."""
+        return dict(METHOD_CONFIGS)
+
+    def check(self, backbone: BackboneConfig) -> None:
+        """Raise ``ValueError`` (one line) when the options or the backbone cannot work."""
+
+    def range_checks(self) -> list[RangeCheck]:
+        """``(key, value, ok, expected)`` for every option with a valid range."""
+        return []
+
+
+# (dotted key, value, whether it is valid, the valid range in words)
+RangeCheck = tuple[str, Any, bool, str]
+
+
+def positive(key: str, value: float) -> RangeCheck:
+    """A check that ``value`` is a finite number above 0."""
+    return (key, value, math.isfinite(value) and value > 0, "a finite number > 0")
+
+
+def non_negative(key: str, value: float) -> RangeCheck:
+    """A check that ``value`` is a finite number of at least 0."""
+    return (key, value, math.isfinite(value) and value >= 0, "a finite number >= 0")
+
+
+def within(
+    key: str, value: float, low: float, high: float, *, open_high: bool = False
+) -> RangeCheck:
+    """A check that ``low <= value <= high`` (``< high`` with ``open_high``)."""
+    ok = low <= value < high if open_high else low <= value <= high
+    return (key, value, ok, f"in [{low:g}, {high:g}{')' if open_high else ']'}")
+
+
+@dataclass
+class SSiTConfig(MethodConfig):
+    """SSiT (Huang et al., JBHI 2024); ``pool: null`` and ``segmentation: false`` give MoCo v3."""
+
+    name: str = "ssit"
+    mask_ratio: float = 0.25
+    temperature: float = 0.2
+    saliency_threshold: float = 0.5
+    pool: Literal["max", "avg"] | None = "max"
+    proj_dim: int = 256
+    mlp_dim: int = 4096
+    segmentation: bool = True
+    momentum: float = 0.99
+    w_cl: float = 1.0
+    w_ss: float = 10.0
+    ss_decay: bool = False
+
+    def check(self, backbone: BackboneConfig) -> None:
+        if not backbone.uses_tokens:
+            raise ValueError(
+                f"method ssit (MoCo v3 included) needs a ViT backbone, got backbone.name="
+                f"{backbone.name}: key selection and the segmentation head read patch tokens"
+            )
+        if not self.segmentation and self.w_ss > 0:
+            raise ValueError("method.w_ss must be 0 when method.segmentation is false")
+
+    def range_checks(self) -> list[RangeCheck]:
+        return [
+            within("method.mask_ratio", self.mask_ratio, 0, 1, open_high=True),
+            positive("method.temperature", self.temperature),
+            within("method.saliency_threshold", self.saliency_threshold, 0, 1),
+            positive("method.proj_dim", self.proj_dim),
+            positive("method.mlp_dim", self.mlp_dim),
+            within("method.momentum", self.momentum, 0, 1),
+            non_negative("method.w_cl", self.w_cl),
+            non_negative("method.w_ss", self.w_ss),
+        ]
+
+
+@dataclass
+class SimCLRConfig(MethodConfig):
+    """SimCLR (Chen et al., ICML 2020): NT-Xent on two symmetric views, MLP projector.
+
+    ``augmentation`` overrides fields of the view recipe (see ``ssit.methods.simclr``).
+    """
+
+    name: str = "simclr"
+    temperature: float = 0.07
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    augmentation: dict[str, Any] = field(default_factory=dict)
+
+    def range_checks(self) -> list[RangeCheck]:
+        return [
+            positive("method.temperature", self.temperature),
+            positive("method.proj_hidden", self.proj_hidden),
+            positive("method.proj_dim", self.proj_dim),
+        ]
+
+
+@dataclass
+class GraVISConfig(MethodConfig):
+    """GraVIS (Zhou et al., TMI 2023): Smooth-AP over K views of each image.
+
+    ``normalize`` L2-normalises the embeddings (the released code does not);
+    ``hardness_aware`` weights positives by a softmax of their similarity (a reconstruction:
+    the formula is not public); ``augmentation`` overrides fields of the view recipe.
+    """
+
+    name: str = "gravis"
+    views_per_image: int = 20
+    temperature: float = 0.2
+    normalize: bool = False
+    hardness_aware: bool = False
+    hardness_temperature: float = 0.1
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    augmentation: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, backbone: BackboneConfig) -> None:
+        if self.views_per_image < 2:
+            raise ValueError(
+                f"method.views_per_image must be at least 2, got {self.views_per_image}"
+            )
+
+    def range_checks(self) -> list[RangeCheck]:
+        return [
+            (
+                "method.views_per_image",
+                self.views_per_image,
+                self.views_per_image >= 2,
+                ">= 2",
+            ),
+            positive("method.temperature", self.temperature),
+            positive("method.hardness_temperature", self.hardness_temperature),
+            positive("method.proj_hidden", self.proj_hidden),
+            positive("method.proj_dim", self.proj_dim),
+        ]
+
+
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
+    "ssit": SSiTConfig,
+    "simclr": SimCLRConfig,
+    "gravis": GraVISConfig,
+}
