@@ -71,14 +71,14 @@ def _measure(epochs) -> Timing:  # epochs: () -> iterator over one epoch's batch
 
 
 def time_dali(shards: Path, device: str) -> Timing:
-    """PretrainPipeline: PASSES timed epochs after one warm-up epoch."""
+    """PretrainPipeline with the SSiT views: PASSES timed epochs after one warm-up epoch."""
     from ssit.data import PretrainPipeline
 
     pipe = PretrainPipeline(shards, BATCH, device=device, num_threads=CORES, seed=0)  # type: ignore[arg-type]
 
     def epoch():
-        for x1, _, _, _ in pipe:
-            yield len(x1)
+        for batch in pipe:
+            yield len(batch.images[0])
         if device == "cuda":
             torch.cuda.synchronize()
 

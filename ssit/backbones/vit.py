@@ -40,6 +40,8 @@ def create_vit(
     """
     if not timm.is_model(arch):
         raise ValueError(f"unknown timm model {arch!r}")
+    if timm.models.model_entrypoint(arch).__module__ != VisionTransformer.__module__:
+        raise ValueError(f"{arch} is not a timm VisionTransformer (for CNNs use backbone.name=cnn)")
     kwargs: dict[str, Any] = {"drop_path_rate": 0.0, "dynamic_img_size": False}
     kwargs.update(encoder_kwargs or {})
     try:

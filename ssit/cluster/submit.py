@@ -189,6 +189,11 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return _wait_local(job, plan, out)
 
 
+# Words for the named losses of the hosted methods in the console summary.
+LOSS_LABELS = {"loss": "loss", "loss_cl": "contrastive", "loss_ss": "saliency",
+               "loss_ap": "smooth-ap"}
+
+
 def format_summary(run_dir: Path) -> str:
     """A few lines on a completed run: loss at start and end, checkpoint, logs."""
     path = run_dir / "summary.json"
@@ -196,10 +201,10 @@ def format_summary(run_dir: Path) -> str:
     lines = [f"pre-training completed: {summary['steps']} steps on {summary['world_size']} "
              f"rank(s), {summary['elapsed_s']:.1f} s of training"]
     first, last = summary.get("first_losses") or {}, summary.get("last_losses") or {}
-    for key, label in (("loss", "loss"), ("loss_cl", "contrastive"), ("loss_ss", "saliency")):
-        if key in first and key in last:
-            trend = "falling" if last[key] < first[key] else "not falling"
-            lines.append(f"  {label:<12} {first[key]:.4f} -> {last[key]:.4f} ({trend})")
+    for key in (key for key in first if key in last):
+        label = LOSS_LABELS.get(key, key)
+        trend = "falling" if last[key] < first[key] else "not falling"
+        lines.append(f"  {label:<12} {first[key]:.4f} -> {last[key]:.4f} ({trend})")
     lines += [
         f"final checkpoint: {summary['final_checkpoint']}",
         f"log: {summary['log']}",

@@ -1,10 +1,11 @@
-"""The SSiT view augmentations as DALI operator graphs (the table of the SSiT paper).
+"""The view augmentations as DALI operator graphs (the table of the SSiT paper).
 
 Every function here is called while a DALI pipeline with conditionals enabled is being
 defined (`pipeline_def(enable_conditionals=True)`): it takes data nodes and returns data nodes.
 Images are HWC uint8 RGB, saliency maps HWC uint8 with one channel. The geometric functions
 take the image and its map together and draw their random parameters once, so both receive
-exactly the same crop window, rotation angle and flips. (Joining image and map into one
+exactly the same crop window, rotation angle and flips; for a view without a map they take
+None and return None in its place. (Joining image and map into one
 4-channel tensor to resample them in one call was measured slower on the CPU: the join and
 split copies cost more than the second, one-channel call.)
 
@@ -17,83 +18,14 @@ every sample without splitting.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 from nvidia.dali.data_node import DataNode
 
+from ssit.data.views import VIEW1, VIEW2, AugmentationConfigError, ViewAugmentation
 from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
-
-_PROBABILITIES = (
-    "jitter_p",
-    "grayscale_p",
-    "blur_p",
-    "solarize_p",
-    "rotation_p",
-    "hflip_p",
-    "vflip_p",
-)
-
-
-class AugmentationConfigError(ValueError):
-    """An augmentation parameter is out of its valid range."""
-
-
-@dataclass(frozen=True)
-class ViewAugmentation:
-    """Parameters of one view's augmentation; probabilities are in [0, 1].
-
-    `hue` is a fraction of the hue circle as in torchvision's ColorJitter (0.1 = +-36 degrees);
-    `rotation_degrees` bounds the uniform rotation angle on both sides.
-    """
-
-    crop_scale: tuple[float, float]
-    blur_p: float
-    solarize_p: float
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_threshold: int = 128
-    rotation_p: float = 0.8
-    rotation_degrees: float = 180.0
-    hflip_p: float = 0.5
-    vflip_p: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in _PROBABILITIES:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise AugmentationConfigError(f"{name} must be in [0, 1], got {value}")
-        lo, hi = self.crop_scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise AugmentationConfigError(
-                f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}"
-            )
-        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise AugmentationConfigError(f"crop_ratio must be increasing, got {self.crop_ratio}")
-        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise AugmentationConfigError(f"blur_sigma must be increasing, got {self.blur_sigma}")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise AugmentationConfigError(
-                    f"{name} must be in [0, 1), got {getattr(self, name)}"
-                )
-        if not 0.0 <= self.hue <= 0.5:
-            raise AugmentationConfigError(f"hue must be in [0, 0.5], got {self.hue}")
-        if not 0 <= self.solarize_threshold <= 256:
-            raise AugmentationConfigError(
-                f"solarize_threshold must be in [0, 256], got {self.solarize_threshold}"
-            )
-
-
-VIEW1 = ViewAugmentation(crop_scale=(0.08, 0.8), blur_p=1.0, solarize_p=0.0)
-VIEW2 = ViewAugmentation(crop_scale=(0.8, 1.0), blur_p=0.1, solarize_p=0.2)
 
 
 def coin(p: float) -> DataNode | bool:
@@ -121,12 +53,12 @@ def as_float(flag: DataNode | bool) -> DataNode | float:
 
 def resized_crop_pair(
     image: DataNode,
-    saliency: DataNode,
+    saliency: DataNode | None,
     image_shape: DataNode,
     size: int,
     scale: tuple[float, float],
     ratio: tuple[float, float],
-) -> tuple[DataNode, DataNode]:
+) -> tuple[DataNode, DataNode | None]:
     """Random resized crop with one window for the image and its map, both resized bilinearly.
 
     The window is drawn as torchvision's RandomResizedCrop draws it (area fraction in `scale`,
@@ -147,7 +79,7 @@ def resized_crop_pair(
         "interp_type": types.INTERP_LINEAR,
         "antialias": True,
     }
-    return fn.resize(image, **resize), fn.resize(saliency, **resize)
+    return fn.resize(image, **resize), _map_op(fn.resize, saliency, **resize)
 
 
 def colour_jitter_grayscale(image: DataNode, aug: ViewAugmentation) -> DataNode:
@@ -207,8 +139,8 @@ def solarize(image: DataNode, aug: ViewAugmentation) -> DataNode:
 
 
 def rotate_flip_pair(
-    image: DataNode, saliency: DataNode, size: int, aug: ViewAugmentation
-) -> tuple[DataNode, DataNode]:
+    image: DataNode, saliency: DataNode | None, size: int, aug: ViewAugmentation
+) -> tuple[DataNode, DataNode | None]:
     """Rotation (uniform angle, with `rotation_p`) and h/v flips, identical on image and map.
 
     A rotated sample gets rotation and flips as one affine transform about the centre,
@@ -229,10 +161,10 @@ def rotate_flip_pair(
             "interp_type": types.INTERP_LINEAR,
             "inverse_map": False,
         }
-        image, saliency = fn.warp_affine(image, **warp), fn.warp_affine(saliency, **warp)
+        image, saliency = fn.warp_affine(image, **warp), _map_op(fn.warp_affine, saliency, **warp)
     elif _either(hflip, vflip):
         flips = {"horizontal": _as_int(hflip), "vertical": _as_int(vflip)}
-        image, saliency = fn.flip(image, **flips), fn.flip(saliency, **flips)
+        image, saliency = fn.flip(image, **flips), _map_op(fn.flip, saliency, **flips)
     return image, saliency
 
 
@@ -256,14 +188,15 @@ def saliency_to_unit(saliency: DataNode) -> DataNode:
 
 def augment_view(
     image: DataNode,
-    saliency: DataNode,
+    saliency: DataNode | None,
     image_shape: DataNode,
     aug: ViewAugmentation,
     size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
-) -> tuple[DataNode, DataNode]:
-    """One SSiT view: the augmentation table's steps in order, then normalisation."""
+) -> tuple[DataNode, DataNode | None]:
+    """One view: the augmentation table's steps in order, then normalisation (map: None in,
+    None out)."""
     image, saliency = resized_crop_pair(
         image, saliency, image_shape, size, aug.crop_scale, aug.crop_ratio
     )
@@ -271,7 +204,14 @@ def augment_view(
     image = gaussian_blur(image, aug)
     image = solarize(image, aug)
     image, saliency = rotate_flip_pair(image, saliency, size, aug)
-    return normalise_image(image, mean, std), saliency_to_unit(saliency)
+    return normalise_image(image, mean, std), _map_op(saliency_to_unit, saliency)
+
+
+def _map_op(
+    op: Callable[..., DataNode], saliency: DataNode | None, **kwargs: object
+) -> DataNode | None:
+    """`op(saliency, **kwargs)`, or None for a view without a map."""
+    return None if saliency is None else op(saliency, **kwargs)
 
 
 def _either(a: DataNode | bool, b: DataNode | bool) -> DataNode | bool:

@@ -1,9 +1,11 @@
-"""The SSiT pre-training input pipeline: shards -> DALI -> two views with their saliency maps.
+"""The pre-training input pipeline: shards -> DALI -> the views a method asks for.
 
 `PretrainPipeline` reads the shards with `fn.readers.webdataset` (each rank its own contiguous
 part of the shuffled sample order, `shard_id` = global rank), decodes on the GPU (`mixed`) or
-the CPU, builds both SSiT views with DALI operators (`ssit.data.augment`) and hands out
-`(x1, x2, m1, m2)` torch tensors.
+the CPU, builds every view of the recipe (`ssit.data.views.ViewSpec`, e.g. the two SSiT views
+with their saliency maps) in one DALI graph (`ssit.data.graph`) and hands out `ViewBatch`es of
+torch tensors. All views of an image come from one sample, so they sit at the same position of
+the same batch on the same rank.
 
 Epochs. With `pad_last_batch` the reader gives every rank the same number of batches per
 epoch, `ceil(ceil(N / world) / batch)`, padding the shorter parts with repeats of their last
@@ -14,7 +16,9 @@ boundary and every rank stops after the same number of batches.
 
 State. `state_dict()` is a DALI pipeline checkpoint (reader position, shuffle buffer, random
 generators of every operator) taken after the last batch handed out, plus our epoch and batch
-counters; a pipeline built with `state=` continues exactly there.
+counters; a pipeline built with `state=` continues exactly there. The state carries a
+fingerprint of the setup (sample count, ranks, batch size, seed, size and the views), and a
+state from another setup is refused.
 """
 
 from __future__ import annotations
@@ -29,31 +33,17 @@ from typing import Literal
 
 import numpy as np
 import torch
-from nvidia.dali import Pipeline, fn, pipeline_def, types
+from nvidia.dali import Pipeline
 
-from ssit.data.augment import (
-    EYEPACS_MEAN,
-    EYEPACS_STD,
-    VIEW1,
-    VIEW2,
-    ViewAugmentation,
-    augment_view,
-)
-from ssit.data.shard_index import (
-    IMAGE_EXT,
-    SALIENCY_EXT,
-    ShardSet,
-    TooFewSamplesError,
-    load_shard_set,
-)
+from ssit.data.graph import build_dali_pipeline, needs_maps
+from ssit.data.shard_index import TooFewSamplesError, load_shard_set
+from ssit.data.views import SSIT_VIEWS, ViewBatch, ViewSpec, views_fingerprint
 from ssit.error_text import first_line
+from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-
 _STATE_FORMAT = 1
-_READER = "shards"
 
 
 class PipelineStateError(ValueError):
@@ -68,11 +58,6 @@ class SampleDecodeError(PipelineRunError):
     """DALI failed to decode, yet every sample decodes on its own (nothing left to replace)."""
 
 
-def rank_seed(seed: int, rank: int) -> int:
-    """A 31-bit seed mixing the run seed and the global rank (distinct per rank)."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0] % (2**31 - 1))
-
-
 def epoch_batches(num_samples: int, world_size: int, batch_size: int) -> int:
     """Full batches per epoch that every rank can fill with real samples."""
     return (num_samples // world_size) // batch_size
@@ -84,101 +69,17 @@ def reader_epoch_batches(num_samples: int, world_size: int, batch_size: int) -> 
     return -(-per_rank // batch_size)
 
 
-def build_dali_pipeline(
-    shard_set: ShardSet,
-    batch_size: int,
-    *,
-    rank: int,
-    world_size: int,
-    device: Literal["cuda", "cpu"],
-    device_id: int | None,
-    seed: int,
-    img_size: int,
-    num_threads: int,
-    prefetch: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    view1: ViewAugmentation,
-    view2: ViewAugmentation,
-    with_source: bool = False,
-    checkpoint: bytes | None = None,
-) -> Pipeline:
-    """The DALI graph: read, decode, two augmented views and maps (+ sample source if asked).
-
-    Outputs `x1, x2, m1, m2` (float32 CHW) and, with `with_source`, each sample's source
-    description (`<tar path>:<component>` bytes) as a fifth output.
-    """
-    gpu = device == "cuda"
-    # Reshuffling the order of the tars each epoch (same seed on every rank) gives each rank a
-    # different part of the data every epoch; with one tar there is nothing to reorder.
-    shard_order_shuffle = (
-        {"shuffle_after_epoch": True, "shuffle_after_epoch_seed": seed}
-        if len(shard_set.tar_paths) > 1
-        else {}
-    )
-    reader = dict(
-        paths=[str(p) for p in shard_set.tar_paths],
-        index_paths=[str(p) for p in shard_set.index_paths],
-        ext=[IMAGE_EXT, SALIENCY_EXT],
-        missing_component_behavior="error",
-        shard_id=rank,
-        num_shards=world_size,
-        random_shuffle=True,
-        initial_fill=min(1024, max(batch_size, shard_set.num_samples // world_size)),
-        pad_last_batch=True,
-        **shard_order_shuffle,
-        seed=rank_seed(seed + 1, rank),
-        name=_READER,
-    )
-    return _ssit_graph(
-        reader,
-        "mixed" if gpu else "cpu",
-        view1,
-        view2,
-        img_size,
-        mean,
-        std,
-        with_source,
-        batch_size=batch_size,
-        num_threads=num_threads,
-        device_id=device_id if gpu else None,
-        seed=rank_seed(seed, rank),
-        prefetch_queue_depth=prefetch,
-        enable_checkpointing=True,
-        checkpoint=checkpoint,
-    )
-
-
-@pipeline_def(enable_conditionals=True)
-def _ssit_graph(
-    reader: dict,
-    decoder: str,
-    view1: ViewAugmentation,
-    view2: ViewAugmentation,
-    img_size: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    with_source: bool,
-) -> tuple:
-    jpeg, png = fn.readers.webdataset(**reader)
-    image_shape = fn.peek_image_shape(jpeg)
-    image = fn.decoders.image(jpeg, device=decoder, output_type=types.RGB)
-    saliency = fn.decoders.image(png, device=decoder, output_type=types.GRAY)
-    x1, m1 = augment_view(image, saliency, image_shape, view1, img_size, mean, std)
-    x2, m2 = augment_view(image, saliency, image_shape, view2, img_size, mean, std)
-    if with_source:
-        return x1, x2, m1, m2, fn.get_property(jpeg, key="source_info")
-    return x1, x2, m1, m2
-
-
 class PretrainPipeline:
-    """Both SSiT views and their saliency maps, batch by batch, from webdataset shards.
+    """Every view of every image, batch by batch, from webdataset shards.
 
-    `batch_size` is per rank. Iterating yields exactly `len(self)` batches of
-    `(x1, x2, m1, m2)`: images `(B, 3, S, S)` float32 normalised with `mean`/`std`, maps
-    `(B, 1, S, S)` float32 in [0, 1], on `cuda:<device_id>` (default: the current CUDA device)
-    or the CPU. Each `for` loop runs to the end of the current epoch; the next `for` continues
-    with the next epoch. `view1`/`view2` hold the augmentation parameters (the paper's defaults).
+    `views` is the recipe: one `ViewSpec` per view (its augmentation, with or without its
+    saliency map); the default is the SSiT paper's two views with maps. `batch_size` counts
+    images per rank (each gives `len(views)` views). Iterating yields exactly `len(self)`
+    `ViewBatch(images, maps)`: `images[v]` `(B, 3, S, S)` float32 normalised with `mean`/`std`,
+    `maps[v]` `(B, 1, S, S)` float32 in [0, 1] or None for a view without map, on
+    `cuda:<device_id>` (default: the current CUDA device) or the CPU; row i of every view is
+    the same image. Each `for` loop runs to the end of the current epoch; the next `for`
+    continues with the next epoch. When no view has a map, the shards need no `sal.png`.
     `validate` checks every sample's bytes up front and leaves out unusable ones with a warning.
     """
 
@@ -197,8 +98,7 @@ class PretrainPipeline:
         mean: Sequence[float] = EYEPACS_MEAN,
         std: Sequence[float] = EYEPACS_STD,
         state: bytes | str | None = None,
-        view1: ViewAugmentation = VIEW1,
-        view2: ViewAugmentation = VIEW2,
+        views: Sequence[ViewSpec] = SSIT_VIEWS,
         device_id: int | None = None,
         validate: bool = True,
         with_source: bool = False,
@@ -211,12 +111,16 @@ class PretrainPipeline:
             raise ValueError(f"rank must be in [0, world_size), got {rank} of {world_size}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError("mean and std need three values each, std > 0")
+        views = tuple(views)
+        if not views or not all(isinstance(view, ViewSpec) for view in views):
+            raise ValueError("views must be a non-empty sequence of ViewSpec")
         if device == "cuda":
             if not torch.cuda.is_available():
                 raise RuntimeError("device='cuda' but CUDA is not available; use device='cpu'")
             device_id = torch.cuda.current_device() if device_id is None else device_id
 
-        self.shard_set = load_shard_set(shards, validate=validate)
+        self.shard_set = load_shard_set(shards, validate=validate, with_maps=needs_maps(views))
+        self.views = views
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
@@ -240,6 +144,7 @@ class PretrainPipeline:
             "seed": seed,
             "img_size": img_size,
             "with_source": with_source,
+            "views": views_fingerprint(views),
         }
         self.epoch = 0
         self.batches_seen = 0
@@ -254,27 +159,28 @@ class PretrainPipeline:
             prefetch=prefetch,
             mean=tuple(mean),
             std=tuple(std),
-            view1=view1,
-            view2=view2,
+            views=views,
             with_source=with_source,
         )
         self._pipe = self._build(None if state is None else self._apply_state(state))
         self.last_sources: list[str] = []
         log.info(
-            "pipeline rank %d/%d: %d samples in %d shards, %d batches of %d per epoch (%s)",
+            "pipeline rank %d/%d: %d samples in %d shards, %d batches of %d images x %d views "
+            "per epoch (%s)",
             rank,
             world_size,
             n,
             len(self.shard_set.tar_paths),
             self._len,
             batch_size,
+            len(views),
             self.device,
         )
 
     def __len__(self) -> int:
         return self._len
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[ViewBatch]:
         if self.batches_seen >= self._len:
             self._finish_epoch()
         while self.batches_seen < self._len:
@@ -330,14 +236,14 @@ class PretrainPipeline:
             if isinstance(exc, PipelineStateError):
                 raise
             raise PipelineStateError(f"damaged pipeline state: {exc}") from None
+        if not isinstance(fingerprint, dict):
+            raise PipelineStateError("damaged pipeline state: no fingerprint")
+        # States saved before view recipes existed all come from the SSiT views.
+        fingerprint.setdefault("views", views_fingerprint(SSIT_VIEWS))
         if fingerprint != self._fingerprint:
-            diff = {
-                k: (v, self._fingerprint.get(k))
-                for k, v in fingerprint.items()
-                if self._fingerprint.get(k) != v
-            }
             raise PipelineStateError(
-                f"pipeline state belongs to another setup (saved, now): {diff}"
+                "pipeline state belongs to another setup (saved, now): "
+                + fingerprint_difference(fingerprint, self._fingerprint)
             )
         self.epoch, self.batches_seen = epoch, seen
         return checkpoint
@@ -373,15 +279,17 @@ class PretrainPipeline:
         self._pipe = self._build(checkpoint)
         return self._run()
 
-    def _next_batch(self) -> Batch:
-        outputs = self._run()
+    def _next_batch(self) -> ViewBatch:
+        outputs = list(self._run())
         if self.with_source:
-            sources = outputs[4]
+            sources = outputs.pop()
             self.last_sources = [
                 bytes(np.asarray(sources[i])).decode() for i in range(len(sources))
             ]
-        x1, x2, m1, m2 = (self._to_torch(out) for out in outputs[:4])
-        return x1, x2, m1, m2
+        tensors = iter([self._to_torch(out) for out in outputs])
+        images = [next(tensors) for _ in self.views]
+        maps = [next(tensors) if view.with_map else None for view in self.views]
+        return ViewBatch(images, maps)
 
     def _to_torch(self, output: object) -> torch.Tensor:
         dense = output.as_tensor()  # type: ignore[attr-defined]
@@ -395,6 +303,32 @@ class PretrainPipeline:
             self._run()
         self.epoch += 1
         self.batches_seen = 0
+
+
+def fingerprint_difference(saved: dict, now: dict) -> str:
+    """What differs between two setup fingerprints, in one line (views summarised)."""
+    parts = []
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), now.get(key)
+        if old == new:
+            continue
+        if key == "views" and isinstance(old, list) and isinstance(new, list):
+            parts.append(f"views: {_views_difference(old, new)}")
+        else:
+            parts.append(f"{key}: {old!r} vs {new!r}")
+    return "; ".join(parts)
+
+
+def _views_difference(old: list, new: list) -> str:
+    """Count and map flags of both recipes (M: with map), or which views' parameters differ."""
+
+    def flags(views: list) -> str:
+        return "".join("M" if isinstance(v, dict) and v.get("with_map") else "-" for v in views)
+
+    if len(old) != len(new) or flags(old) != flags(new):
+        return f"{len(old)} [{flags(old)}] vs {len(new)} [{flags(new)}]"
+    changed = [str(i) for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    return f"augmentation of view(s) {', '.join(changed)} differs"
 
 
 def _dali_reason(exc: RuntimeError) -> str:

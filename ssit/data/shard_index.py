@@ -4,7 +4,8 @@
 format ``v1.2 <n>`` then one line per sample of ``ext offset size name`` groups). Reading them up
 front gives the exact sample count of every shard, so the epoch length is known before the
 pipeline runs, and lets us drop samples the reader or decoder would fail on: samples without
-an image or a saliency map, and images whose bytes are not a complete JPEG or PNG.
+an image or (when the views need maps) a saliency map, and components whose bytes are not a
+complete JPEG or PNG.
 Dropped samples are left out of a rewritten copy of the index (in a private temporary folder);
 the tar files are never touched.
 """
@@ -88,10 +89,14 @@ class ShardSet:
 
     Indices stay the shards' own files unless samples had to be left out or replaced; those
     shards get a rewritten index in a private temporary folder, removed with the object.
+    `components` are the extensions the pipeline reads from every sample.
     """
 
-    def __init__(self, shards: list[Shard]) -> None:
+    def __init__(
+        self, shards: list[Shard], components: tuple[str, ...] = (IMAGE_EXT, SALIENCY_EXT)
+    ) -> None:
         self.shards = [shard for shard in shards if shard.samples]
+        self.components = components
         self._tmpdir: Path | None = None
         self._finalizer: weakref.finalize | None = None
         for number, shard in enumerate(self.shards):
@@ -114,7 +119,7 @@ class ShardSet:
         return sum(len(shard.samples) for shard in self.shards)
 
     def replace_undecodable(self, num_workers: int = 4) -> list[str]:
-        """Decode every image and map; point each undecodable sample at a neighbour's data.
+        """Decode every component read; point each undecodable sample at a neighbour's data.
 
         The sample count stays the same, so epoch lengths and saved reader positions remain
         valid. Returns the names of the samples replaced (empty if all decode).
@@ -122,7 +127,8 @@ class ShardSet:
         replaced = []
         for number, shard in enumerate(self.shards):
             with _mapped(shard.tar_path) as data, ThreadPoolExecutor(num_workers) as pool:
-                decodes = list(pool.map(partial(_decodes, data=data), shard.samples))
+                check = partial(_decodes, data=data, components=self.components)
+                decodes = list(pool.map(check, shard.samples))
             bad = [i for i, ok in enumerate(decodes) if not ok]
             if not bad:
                 continue
@@ -202,13 +208,17 @@ def parse_index(index_path: Path) -> list[IndexedSample]:
     return samples
 
 
-def sample_defect(sample: IndexedSample, data: bytes | mmap.mmap) -> str | None:
+def sample_defect(
+    sample: IndexedSample,
+    data: bytes | mmap.mmap,
+    components: tuple[str, ...] = (IMAGE_EXT, SALIENCY_EXT),
+) -> str | None:
     """Why a sample cannot be used (missing component, incomplete JPEG/PNG), or None."""
-    for ext in (IMAGE_EXT, SALIENCY_EXT):
-        if ext not in sample.components:
-            return f"no {ext}"
+    missing = _missing(sample, components)
+    if missing is not None:
+        return missing
     checks = ((IMAGE_EXT, _JPEG_START, _JPEG_END), (SALIENCY_EXT, _PNG_START, _PNG_END))
-    for ext, start, end in checks:
+    for ext, start, end in (check for check in checks if check[0] in components):
         offset, size = sample.components[ext]
         if size < len(start) + len(end) or offset + size > len(data):
             return f"{ext} truncated"
@@ -219,13 +229,17 @@ def sample_defect(sample: IndexedSample, data: bytes | mmap.mmap) -> str | None:
     return None
 
 
-def load_shard_set(spec: str | Path | Sequence[str | Path], validate: bool = True) -> ShardSet:
+def load_shard_set(
+    spec: str | Path | Sequence[str | Path], validate: bool = True, with_maps: bool = True
+) -> ShardSet:
     """Resolve shards, read their indices and leave out unusable samples (with a warning).
 
-    With `validate`, every sample's image and map bytes are checked for a complete JPEG/PNG
-    (a few bytes per component, read through mmap). Raises a `ShardError` subclass when no
-    shard is found, an index is missing or broken, or no sample has both an image and a map.
+    The pipeline reads each sample's image and, `with_maps`, its saliency map; other components
+    are ignored. With `validate`, those bytes are checked for a complete JPEG/PNG (a few bytes
+    per component, read through mmap). Raises a `ShardError` subclass when no shard is found,
+    an index is missing or broken, or no sample has the components read.
     """
+    components = (IMAGE_EXT, SALIENCY_EXT) if with_maps else (IMAGE_EXT,)
     tar_paths = resolve_shards(spec)
     per_shard: list[list[IndexedSample]] = []
     for tar_path in tar_paths:
@@ -238,7 +252,7 @@ def load_shard_set(spec: str | Path | Sequence[str | Path], validate: bool = Tru
         per_shard.append(parse_index(index_path))
 
     all_exts = {ext for samples in per_shard for s in samples for ext in s.components}
-    for ext in (SALIENCY_EXT, IMAGE_EXT):
+    for ext in components:
         if per_shard and any(per_shard) and ext not in all_exts:
             raise MissingSaliencyError(
                 f"the shards {tar_paths[0].parent} hold no '{ext}' component (found: "
@@ -251,7 +265,10 @@ def load_shard_set(spec: str | Path | Sequence[str | Path], validate: bool = Tru
         good = []
         with _mapped(tar_path) as data:
             for sample in samples:
-                reason = sample_defect(sample, data) if validate else _missing(sample)
+                if validate:
+                    reason = sample_defect(sample, data, components)
+                else:
+                    reason = _missing(sample, components)
                 if reason is None:
                     good.append(sample)
                 else:
@@ -263,11 +280,11 @@ def load_shard_set(spec: str | Path | Sequence[str | Path], validate: bool = Tru
         shown = "; ".join(f"{name} ({why})" for name, why in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         log.warning("skipping %d unusable sample(s): %s%s", len(skipped), shown, more)
-    return ShardSet(shards)
+    return ShardSet(shards, components)
 
 
-def _missing(sample: IndexedSample) -> str | None:
-    for ext in (IMAGE_EXT, SALIENCY_EXT):
+def _missing(sample: IndexedSample, components: tuple[str, ...]) -> str | None:
+    for ext in components:
         if ext not in sample.components:
             return f"no {ext}"
     return None
@@ -289,9 +306,9 @@ def _mapped(path: Path) -> Iterator[bytes | mmap.mmap]:
             yield data
 
 
-def _decodes(sample: IndexedSample, data: bytes | mmap.mmap) -> bool:
-    """Whether the sample's image and map decode completely."""
-    for ext in (IMAGE_EXT, SALIENCY_EXT):
+def _decodes(sample: IndexedSample, data: bytes | mmap.mmap, components: tuple[str, ...]) -> bool:
+    """Whether the sample's components decode completely."""
+    for ext in components:
         offset, size = sample.components[ext]
         try:
             with Image.open(io.BytesIO(data[offset : offset + size])) as image:

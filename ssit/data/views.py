@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -130,3 +131,24 @@ __all__ = [
     "ViewSpec",
     "views_fingerprint",
 ]
+
+
+def augmentation_with_overrides(
+    base: ViewAugmentation, overrides: Mapping[str, Any]
+) -> ViewAugmentation:
+    """``base`` with the fields named in ``overrides`` replaced (lists become tuples).
+
+    Raises ``ValueError`` (one line) for an unknown field or a value out of range.
+    """
+    fields = {field.name for field in dataclasses.fields(ViewAugmentation)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown augmentation option(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(fields))})"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    try:
+        return dataclasses.replace(base, **values)
+    except TypeError as error:
+        raise ValueError(f"bad augmentation option value: {error}") from None

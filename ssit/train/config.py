@@ -156,8 +156,8 @@ def validate_pretrain_config(cfg: PretrainConfig, world_size: int) -> None:
     if cfg.device == "cpu":
         resolve_precision(cfg.precision, "cpu")
     per_rank = cfg.batch_size_per_rank(world_size)
-    _check_method(cfg)
-    _check_shards(cfg.data.shards, per_rank, world_size)
+    with_maps = _check_method(cfg)
+    _check_shards(cfg.data.shards, per_rank, world_size, with_maps)
 
 
 def _check_ranges(cfg: PretrainConfig) -> None:
@@ -190,14 +190,15 @@ def _check_ranges(cfg: PretrainConfig) -> None:
         raise ConfigError("optim.nesterov applies to optim.optimizer=sgd only")
 
 
-def _check_method(cfg: PretrainConfig) -> None:
+def _check_method(cfg: PretrainConfig) -> bool:
+    """Build the method on the meta device; return whether any of its views needs a map."""
     import torch
 
     from ssit.methods import create_method
 
     try:
         with torch.device("meta"):
-            create_method(cfg.method, cfg.backbone)
+            method = create_method(cfg.method, cfg.backbone)
     except (TypeError, ValueError, AssertionError, RuntimeError) as error:
         text = first_line(error)
         raise ConfigError(
@@ -205,13 +206,14 @@ def _check_method(cfg: PretrainConfig) -> None:
             f"'{getattr(cfg.backbone, 'arch', '')}' (img_size {cfg.backbone.img_size}) "
             f"cannot be used: {text}"
         ) from None
+    return any(view.with_map for view in method.views)
 
 
-def _check_shards(spec: str, per_rank: int, world_size: int) -> None:
+def _check_shards(spec: str, per_rank: int, world_size: int, with_maps: bool) -> None:
     from ssit.data.shard_index import load_shard_set
 
     try:
-        shard_set = load_shard_set(spec, validate=False)
+        shard_set = load_shard_set(spec, validate=False, with_maps=with_maps)
     except (OSError, ValueError) as error:
         text = str(error).strip().splitlines()
         raise ConfigError(f"data.shards '{spec}': {text[0] if text else 'unusable'}") from None

@@ -14,7 +14,7 @@ from PIL import Image
 from ssit.prepare.shard_format import write_dali_index
 
 Sample = tuple[str, np.ndarray, np.ndarray]  # key, RGB image (H, W, 3), map (H, W)
-ShardWriter = Callable[[Path, Iterable[Iterable[Sample]]], Path]
+ShardWriter = Callable[..., Path]  # write_test_shards
 
 
 def encode_jpeg(image: np.ndarray) -> bytes:
@@ -29,16 +29,24 @@ def encode_png(saliency: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_test_shards(out: Path, shards: Iterable[Iterable[Sample]]) -> Path:
-    """One tar (+ DALI index) per inner iterable of samples, named like `ssit shards` names them."""
+def write_test_shards(
+    out: Path, shards: Iterable[Iterable[Sample]], with_maps: bool = True
+) -> Path:
+    """One tar (+ DALI index) per inner iterable of samples, named like `ssit shards` names them.
+
+    Without `with_maps` the samples hold a `jpg` and a `cls` label but no `sal.png`.
+    """
     out.mkdir(parents=True, exist_ok=True)
     for number, samples in enumerate(shards):
         tar_path = out / f"test-{number:06d}.tar"
         with wds.TarWriter(str(tar_path)) as writer:
             for key, image, saliency in samples:
-                writer.write(
-                    {"__key__": key, "jpg": encode_jpeg(image), "sal.png": encode_png(saliency)}
-                )
+                sample = {"__key__": key, "jpg": encode_jpeg(image)}
+                if with_maps:
+                    sample["sal.png"] = encode_png(saliency)
+                else:
+                    sample["cls"] = b"0"
+                writer.write(sample)
         write_dali_index(tar_path, tar_path.with_suffix(".idx"))
     return out
 

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from ssit.data import VIEW1, VIEW2, AugmentationConfigError, PretrainPipeline, ViewAugmentation
+from ssit.data import (
+    VIEW1,
+    VIEW2,
+    AugmentationConfigError,
+    PretrainPipeline,
+    ViewAugmentation,
+    ViewSpec,
+)
 
 # Identity normalisation, so outputs are pixel / 255.
 UNIT = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
@@ -17,14 +24,22 @@ NO_PIXEL_OPS = {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "solarize_p"
 NO_GEOMETRY = {"rotation_p": 0.0, "hflip_p": 0.0, "vflip_p": 0.0}
 
 
-def run_views(shards: Path, batches: int, batch_size: int, **kwargs: object) -> list[np.ndarray]:
-    """x1, x2, m1, m2 of `batches` batches, concatenated, as numpy arrays."""
-    kwargs = {"device": "cpu", "num_threads": 1, **UNIT, **kwargs}
+def run_views(
+    shards: Path,
+    batches: int,
+    batch_size: int,
+    view1: ViewAugmentation = VIEW1,
+    view2: ViewAugmentation = VIEW2,
+    **kwargs: object,
+) -> list[np.ndarray]:
+    """x1, x2, m1, m2 of a two-view recipe with maps, `batches` batches concatenated, as numpy."""
+    views = (ViewSpec(view1, with_map=True), ViewSpec(view2, with_map=True))
+    kwargs = {"device": "cpu", "num_threads": 1, **UNIT, "views": views, **kwargs}
     pipe = PretrainPipeline(shards, batch_size, **kwargs)  # type: ignore[arg-type]
     out: list[list[torch.Tensor]] = [[], [], [], []]
     while sum(len(x) for x in out[0]) < batches * batch_size:
         for batch in pipe:
-            for store, tensor in zip(out, batch, strict=True):
+            for store, tensor in zip(out, [*batch.images, *batch.maps], strict=True):
                 store.append(tensor.clone())
             if sum(len(x) for x in out[0]) >= batches * batch_size:
                 break

@@ -1,4 +1,7 @@
-"""PretrainPipeline on CPU operators, on real shards: outputs, ranks, epochs, state, errors."""
+"""PretrainPipeline on CPU operators, on real shards: outputs, ranks, epochs, state, errors.
+
+These use the default recipe (the two SSiT views with maps); other recipes: test_views.py.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,14 @@ import torch
 from ssit.data import (
     EYEPACS_MEAN,
     EYEPACS_STD,
+    VIEW1,
+    VIEW2,
     MissingSaliencyError,
     NoShardsError,
     PipelineStateError,
     PretrainPipeline,
     TooFewSamplesError,
+    ViewBatch,
     epoch_batches,
     rank_seed,
 )
@@ -29,6 +35,11 @@ SIZE = 32
 def make(shards: Path | str, batch_size: int = 4, **kwargs: object) -> PretrainPipeline:
     kwargs = {"device": "cpu", "img_size": SIZE, "num_threads": 1, **kwargs}
     return PretrainPipeline(shards, batch_size, **kwargs)  # type: ignore[arg-type]
+
+
+def tensors_of(batch: ViewBatch) -> list[torch.Tensor]:
+    """Images then maps of every view, cloned (DALI may reuse the memory)."""
+    return [t.clone() for t in (*batch.images, *batch.maps) if t is not None]
 
 
 def keys_of(pipe: PretrainPipeline) -> list[str]:
@@ -64,7 +75,9 @@ def test_outputs_shapes_dtypes_ranges(noise_shards: Path) -> None:
     assert len(batches) == 4
     lo = min((0 - m) / s for m, s in zip(EYEPACS_MEAN, EYEPACS_STD, strict=True))
     hi = max((1 - m) / s for m, s in zip(EYEPACS_MEAN, EYEPACS_STD, strict=True))
-    for x1, x2, m1, m2 in batches:
+    for batch in batches:
+        assert isinstance(batch, ViewBatch)
+        (x1, x2), (m1, m2) = batch
         for x in (x1, x2):
             assert x.shape == (6, 3, SIZE, SIZE) and x.dtype == torch.float32
             assert x.device.type == "cpu"
@@ -77,7 +90,7 @@ def test_outputs_shapes_dtypes_ranges(noise_shards: Path) -> None:
     # per-channel normalisation: undoing it gives values in [0, 1]
     mean = torch.tensor(EYEPACS_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(EYEPACS_STD).view(1, 3, 1, 1)
-    raw = batches[0][1] * std + mean
+    raw = batches[0].images[1] * std + mean
     assert float(raw.min()) >= -1e-4 and float(raw.max()) <= 1 + 1e-4
 
 
@@ -130,19 +143,19 @@ def test_state_restores_mid_epoch_exactly(noise_shards: Path) -> None:
         next(it)
     state = pipe.state_dict()
     assert (pipe.epoch, pipe.batches_seen) == (0, 2)
-    expected = [[t.clone() for t in b] for b in it] + [[t.clone() for t in b] for b in pipe]
+    expected = [tensors_of(b) for b in it] + [tensors_of(b) for b in pipe]
     assert len(expected) == 4 + 6
 
     resumed = make(noise_shards, 4, seed=3, state=state)
     assert (resumed.epoch, resumed.batches_seen) == (0, 2)
-    got = [[t.clone() for t in b] for b in resumed] + [[t.clone() for t in b] for b in resumed]
+    got = [tensors_of(b) for b in resumed] + [tensors_of(b) for b in resumed]
     assert len(got) == len(expected)
     for a, b in zip(expected, got, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
     other = make(noise_shards, 4, seed=3)
     other.load_state_dict(state)
-    first = next(iter(other))
+    first = tensors_of(next(iter(other)))
     assert all(torch.equal(x, y) for x, y in zip(first, expected[0], strict=True))
 
 
@@ -152,17 +165,17 @@ def test_state_at_epoch_end_starts_next_epoch(noise_shards: Path) -> None:
     for _ in range(len(pipe)):
         next(it)
     state = pipe.state_dict()
-    expected = [b[0].clone() for b in pipe]
+    expected = [b.images[0].clone() for b in pipe]
     resumed = make(noise_shards, 5, seed=1, state=state)
-    got = [b[0].clone() for b in resumed]
+    got = [b.images[0].clone() for b in resumed]
     assert resumed.epoch == pipe.epoch == 2
     assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
 
 
 def test_seeds_change_the_augmentation(noise_shards: Path) -> None:
-    a = next(iter(make(noise_shards, 4, seed=0)))[0]
-    b = next(iter(make(noise_shards, 4, seed=0)))[0]
-    c = next(iter(make(noise_shards, 4, seed=1)))[0]
+    a = next(iter(make(noise_shards, 4, seed=0))).images[0]
+    b = next(iter(make(noise_shards, 4, seed=0))).images[0]
+    c = next(iter(make(noise_shards, 4, seed=1))).images[0]
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -188,19 +201,10 @@ def test_no_shards_found(tmp_path: Path) -> None:
         make([tmp_path / "missing.tar"])
 
 
-def test_shards_without_saliency(tmp_path: Path) -> None:
-    import webdataset as wds
-
-    from ssit.prepare.shard_format import write_dali_index
-    from tests.data.conftest import encode_jpeg
-
-    tar_path = tmp_path / "plain-000000.tar"
-    with wds.TarWriter(str(tar_path)) as writer:
-        for key, image, _ in noise_samples(0, 8):
-            writer.write({"__key__": key, "jpg": encode_jpeg(image), "cls": b"0"})
-    write_dali_index(tar_path, tar_path.with_suffix(".idx"))
+def test_shards_without_saliency(tmp_path: Path, shard_writer) -> None:
+    shards = shard_writer(tmp_path, [noise_samples(0, 8)], with_maps=False)
     with pytest.raises(MissingSaliencyError, match=r"sal\.png"):
-        make(tmp_path)
+        make(shards)
 
 
 def test_too_few_samples(noise_shards: Path) -> None:
@@ -219,6 +223,10 @@ def test_bad_arguments(noise_shards: Path) -> None:
         make(noise_shards, batch_size=0)
     with pytest.raises(ValueError, match="mean and std"):
         make(noise_shards, std=(0.2, 0.2))
+    with pytest.raises(ValueError, match="views"):
+        make(noise_shards, views=())
+    with pytest.raises(ValueError, match="views"):
+        make(noise_shards, views=[VIEW1, VIEW2])  # augmentations, not ViewSpecs
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")

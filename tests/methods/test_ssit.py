@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from ssit.methods.ssit import SSiT
 from ssit.methods.contrastive import contrastive_loss, saliency_segmentation_loss
+from ssit.methods.ssit import SSiT
 from tests.methods.conftest import run_ssit, views
 
 # Names as in the authors' state dicts (their model was built the same way).

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from ssit.backbones import ViTConfig
 from ssit.config import ConfigError, load_config
+from ssit.methods import SSiTConfig
 from ssit.train.config import (
     PretrainConfig,
     config_fields_differing,
@@ -16,7 +18,9 @@ from ssit.train.config import (
     validate_pretrain_config,
 )
 
-PACKAGED = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "demo_tiny_cpu")
+PACKAGED = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "demo_tiny_cpu",
+            "simclr_resnet50_eyepacs", "gravis_resnet50_eyepacs", "simclr_demo_cpu",
+            "gravis_demo_cpu")
 
 
 def _demo(shards: Path, *overrides: str) -> PretrainConfig:
@@ -33,12 +37,14 @@ def _refused(cfg: PretrainConfig, world_size: int = 1) -> str:
 
 def test_defaults_are_the_papers():
     cfg = PretrainConfig()
-    assert (cfg.model.arch, cfg.model.img_size) == ("vit_small_patch16_224", 224)
+    assert (cfg.backbone.name, cfg.backbone.arch, cfg.backbone.img_size) == (
+        "vit", "vit_small_patch16_224", 224)
+    assert cfg.method.name == "ssit" and cfg.optim.optimizer == "adamw"
     assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.batch_size) == (300, 40, 512)
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.clip_grad) == (1e-3, 0.1, 1.0)
-    assert (cfg.model.temperature, cfg.model.mask_ratio, cfg.model.saliency_threshold) == (
+    assert (cfg.method.temperature, cfg.method.mask_ratio, cfg.method.saliency_threshold) == (
         0.2, 0.25, 0.5)
-    assert (cfg.loss.w_cl, cfg.loss.w_ss, cfg.loss.ss_decay, cfg.model.momentum) == (
+    assert (cfg.method.w_cl, cfg.method.w_ss, cfg.method.ss_decay, cfg.method.momentum) == (
         1.0, 10.0, False, 0.99)
     assert (cfg.checkpoint.every_minutes, cfg.checkpoint.every_epochs, cfg.checkpoint.keep) == (
         30.0, 10, 3)
@@ -56,9 +62,9 @@ def test_paper_config_file_matches_the_defaults():
 
 def test_mocov3_baseline_has_no_saliency():
     cfg = load_config(PretrainConfig, "mocov3_vits16_eyepacs")
-    assert cfg.model.pool is None and cfg.model.segmentation is False and cfg.loss.w_ss == 0
+    assert cfg.method.pool is None and cfg.method.segmentation is False and cfg.method.w_ss == 0
     paper = PretrainConfig()
-    assert (cfg.model.arch, cfg.optim) == (paper.model.arch, paper.optim)
+    assert (cfg.backbone, cfg.optim) == (paper.backbone, paper.optim)
 
 
 def test_demo_config_validates_on_demo_shards(demo_shards):
@@ -73,9 +79,9 @@ def test_mocov3_config_validates(demo_shards):
 
 
 def test_overrides_reach_nested_sections(demo_shards):
-    cfg = _demo(demo_shards, "optim.lr=0.5", "model.encoder_kwargs={depth: 2}", "model.pool=null")
-    assert cfg.optim.lr == 0.5 and cfg.model.encoder_kwargs == {"depth": 2}
-    assert cfg.model.pool is None
+    cfg = _demo(demo_shards, "optim.lr=0.5", "backbone.kwargs={depth: 2}", "method.pool=null")
+    assert cfg.optim.lr == 0.5 and cfg.backbone.kwargs == {"depth": 2}
+    assert cfg.method.pool is None
 
 
 def test_unknown_key_is_refused_in_one_line(demo_shards):
@@ -120,10 +126,12 @@ def test_too_few_samples_counts_only_selected_shards(demo_shards, tmp_path):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model.mask_ratio=1.0", "'model.mask_ratio' must be in [0, 1)"),
-        ("model.temperature=0", "'model.temperature' must be > 0"),
-        ("model.saliency_threshold=1.5", "'model.saliency_threshold' must be in [0, 1]"),
-        ("model.momentum=1.2", "'model.momentum' must be in [0, 1]"),
+        ("method.mask_ratio=1.0", "'method.mask_ratio' must be in [0, 1)"),
+        ("method.temperature=0", "'method.temperature' must be a finite number > 0"),
+        ("method.temperature=.nan", "'method.temperature' must be a finite number > 0"),
+        ("method.saliency_threshold=1.5", "'method.saliency_threshold' must be in [0, 1]"),
+        ("method.momentum=1.2", "'method.momentum' must be in [0, 1]"),
+        ("optim.momentum=1.0", "'optim.momentum' must be in [0, 1)"),
         ("optim.epochs=0", "'optim.epochs' must be > 0"),
         ("optim.warmup_epochs=9", "'optim.warmup_epochs' must be in [0, optim.epochs]"),
         ("optim.lr=-1", "'optim.lr' must be > 0"),
@@ -133,7 +141,7 @@ def test_too_few_samples_counts_only_selected_shards(demo_shards, tmp_path):
         ("checkpoint.every_minutes=-5", "'checkpoint.every_minutes' must be >= 0 or null"),
         ("log.every_steps=0", "'log.every_steps' must be >= 1"),
         ("data.num_threads=0", "'data.num_threads' must be > 0"),
-        ("loss.w_ss=-1", "'loss.w_ss' must be >= 0"),
+        ("method.w_ss=-1", "'method.w_ss' must be a finite number >= 0"),
     ],
 )
 def test_out_of_range_values_are_refused(demo_shards, override, expected):
@@ -141,14 +149,47 @@ def test_out_of_range_values_are_refused(demo_shards, override, expected):
 
 
 def test_model_problems_are_refused(demo_shards):
-    assert "unknown timm model" in _refused(_demo(demo_shards, "model.arch=vit_huge_imaginary"))
-    assert _refused(_demo(demo_shards, "model.arch=resnet18")).startswith(
-        "model.arch 'resnet18' (img_size 64) cannot be used")
+    assert "unknown timm model" in _refused(
+        _demo(demo_shards, "backbone.arch=vit_huge_imaginary"))
+    assert "resnet18 is not a timm VisionTransformer (for CNNs use backbone.name=cnn)" in _refused(
+        _demo(demo_shards, "backbone.arch=resnet18"))
     assert "not divisible by the patch size 16" in _refused(
-        _demo(demo_shards, "model.img_size=72"))
-    assert "depthh" in _refused(_demo(demo_shards, "model.encoder_kwargs={depthh: 2}"))
-    message = _refused(_demo(demo_shards, "model.segmentation=false"))
-    assert message == "loss.w_ss must be 0 when model.segmentation is false"
+        _demo(demo_shards, "backbone.img_size=72"))
+    assert "depthh" in _refused(_demo(demo_shards, "backbone.kwargs={depthh: 2}"))
+    message = _refused(_demo(demo_shards, "method.segmentation=false"))
+    assert message.endswith("method.w_ss must be 0 when method.segmentation is false")
+
+
+def test_method_and_backbone_pairs_that_cannot_work_are_refused(demo_shards):
+    message = _refused(_demo(demo_shards, "backbone.name=cnn", "backbone.arch=resnet18"))
+    assert message.startswith("method ssit on backbone cnn 'resnet18' (img_size 64) cannot be")
+    assert "needs a ViT backbone" in message
+    assert "is a transformer, not a CNN" in _refused(load_config(
+        PretrainConfig, "simclr_demo_cpu",
+        [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
+    with pytest.raises(ConfigError, match=r"'method.name' must be one of gravis, simclr, ssit"):
+        _demo(demo_shards, "method.name=byol")
+    with pytest.raises(ConfigError, match=r"'backbone.name' must be one of cnn, vit"):
+        _demo(demo_shards, "backbone.name=mlp")
+    with pytest.raises(ConfigError, match=r"unknown config key 'method.views_per_image'"):
+        _demo(demo_shards, "method.views_per_image=4")
+    with pytest.raises(ConfigError, match=r"optim\.nesterov applies to optim\.optimizer=sgd"):
+        validate_pretrain_config(_demo(demo_shards, "optim.nesterov=true"), 1)
+
+
+def test_old_layout_is_read_as_vit_and_ssit(demo_shards, tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "model: {arch: vit_tiny_patch16_224, img_size: 64, encoder_kwargs: {depth: 2}, "
+        "pool: null, segmentation: false}\nloss: {w_ss: 0.0}\n"
+        f"data: {{shards: {demo_shards}}}\n"
+    )
+    cfg = load_config(PretrainConfig, old)
+    assert cfg.backbone == ViTConfig(arch="vit_tiny_patch16_224", img_size=64,
+                                     kwargs={"depth": 2})
+    assert cfg.method == SSiTConfig(pool=None, segmentation=False, w_ss=0.0)
+    with pytest.raises(ConfigError, match="mixes the old"):
+        load_config(PretrainConfig, old, ["method.name=ssit"])
 
 
 def test_fp16_needs_a_gpu(demo_shards):
@@ -193,6 +234,9 @@ def test_shards_without_saliency_are_refused(tmp_path):
     subprocess.run([str(wds2idx), str(tar), str(tar.with_suffix(".idx"))], check=True,
                    capture_output=True)
     assert "no 'sal.png' component" in _refused(_demo(tmp_path))
+    # A method whose views need no map trains on the same shards.
+    validate_pretrain_config(load_config(PretrainConfig, "simclr_demo_cpu", [
+        f"data.shards={tmp_path}", "optim.batch_size=2"]), 1)
 
 
 def test_differing_fields_are_listed_by_dotted_key():
@@ -203,7 +247,8 @@ def test_differing_fields_are_listed_by_dotted_key():
 
 
 def test_resume_may_change_everything_but_seed_model_and_batch():
-    differing = ["data.num_threads", "model.arch", "optim.batch_size", "optim.lr", "seed",
-                 "modelling"]
-    assert resume_locked_fields(differing) == ["model.arch", "optim.batch_size", "seed"]
+    differing = ["data.num_threads", "backbone.arch", "method.mask_ratio", "method.w_ss",
+                 "optim.batch_size", "optim.optimizer", "optim.lr", "seed", "methodical"]
+    assert resume_locked_fields(differing) == [
+        "backbone.arch", "method.mask_ratio", "optim.batch_size", "optim.optimizer", "seed"]
     assert resume_locked_fields([]) == []

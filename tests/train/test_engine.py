@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,8 @@ def test_two_rank_run_completes_with_all_outputs(runs):
     assert summary["last_losses"]["loss"] < summary["first_losses"]["loss"]
     assert summary["last_losses"]["loss_ss"] < summary["first_losses"]["loss_ss"]
     saved = yaml.safe_load((full / "config.yaml").read_text())
-    assert saved["optim"]["batch_size"] == 8 and saved["model"]["arch"] == "vit_tiny_patch16_224"
+    assert saved["optim"]["batch_size"] == 8 and saved["backbone"]["arch"] == "vit_tiny_patch16_224"
+    assert saved["method"]["name"] == "ssit" and summary["method"] == "ssit"
     log_text = (full / "log.txt").read_text()
     assert "step 12 epoch 2.00 loss" in log_text and "saved checkpoint" in log_text
     assert list((full / "tensorboard").glob("events.out.tfevents.*"))
@@ -89,7 +91,7 @@ def test_tensorboard_holds_scalars_and_pictures(runs):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/loss_cl", "train/loss_ss", "train/lr", "train/momentum",
-            "train/seg_weight", "train/samples_per_s"} <= scalars
+            "train/weight_cl", "train/weight_ss", "train/samples_per_s"} <= scalars
     assert [event.step for event in events.Scalars("train/loss")] == list(range(1, 13))
     pictures = events.Images("train/view_target_prediction")
     assert [picture.step for picture in pictures] == [5, 10]
@@ -162,10 +164,10 @@ def test_resume_with_other_model_is_refused(runs, tmp_path, demo_shards):
     state["world_size"] = 1
     torch.save(state, newest)
     cfg = load_config(PretrainConfig, "demo_tiny_cpu",
-                      tiny_overrides(demo_shards, **{"model.proj_dim": 32}))
+                      tiny_overrides(demo_shards, **{"method.proj_dim": 32}))
     ctx = init_distributed(device="cpu", env={})
     saved_config = (run_dir / "config.yaml").read_text()
-    with pytest.raises(CheckpointError, match=r"model\.proj_dim differ"):
+    with pytest.raises(CheckpointError, match=r"method\.proj_dim differ"):
         pretrain(cfg, run_dir, ctx=ctx)
     assert (run_dir / "config.yaml").read_text() == saved_config
 
@@ -208,3 +210,54 @@ def test_single_process_run_falls_back_from_a_corrupt_newest_checkpoint(
     outcome = pretrain_main(cfg, run_dir)
     assert (outcome.status, outcome.step) == ("completed", TOTAL_STEPS)
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == TOTAL_STEPS
+
+
+def test_a_checkpoint_of_the_old_layout_resumes(demo_shards, tmp_path, one_thread, monkeypatch):
+    """Checkpoints that record the old ``model``/``loss`` config resume to the same weights."""
+    from ssit.train import pretrain_main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = load_config(PretrainConfig, "demo_tiny_cpu",
+                      tiny_overrides(demo_shards, **{"log.every_steps": 3}))
+    run_dir = tmp_path / "run"
+    pretrain_main(cfg, run_dir)
+    final = run_dir / "checkpoints" / "checkpoint-00000012.pt"
+    reference = load_checkpoint(final)["model"]
+    final.unlink()
+    (run_dir / "summary.json").unlink()
+    middle = run_dir / "checkpoints" / "checkpoint-00000006.pt"
+    state = load_checkpoint(middle)
+    config = state["config"]
+    backbone, method = config.pop("backbone"), config.pop("method")
+    loss_keys = ("w_cl", "w_ss", "ss_decay")
+    config["model"] = {"arch": backbone["arch"], "img_size": backbone["img_size"],
+                       "encoder_kwargs": backbone["kwargs"],
+                       **{k: v for k, v in method.items() if k != "name" and k not in loss_keys}}
+    config["loss"] = {k: method[k] for k in loss_keys}
+    del state["method"], state["backbone"]
+    torch.save(state, middle)
+
+    outcome = pretrain_main(cfg, run_dir)
+    assert (outcome.status, outcome.step) == ("completed", TOTAL_STEPS)
+    assert "resuming with changed settings" not in (run_dir / "log.txt").read_text()
+    _assert_same_tensors(reference, load_checkpoint(final)["model"], "model")
+
+
+@pytest.mark.parametrize("config", ["simclr_demo_cpu", "gravis_demo_cpu"])
+def test_each_new_method_trains_with_its_demo_config(demo_shards, tmp_path, one_thread, config):
+    from ssit.train import pretrain_main
+
+    cfg = load_config(PretrainConfig, config, tiny_overrides(demo_shards, **{
+        "optim.epochs": 1, "optim.warmup_epochs": 0, "checkpoint.every_epochs": 1}))
+    outcome = pretrain_main(cfg, tmp_path / config)
+    assert outcome.status == "completed" and outcome.step == 6
+    summary = json.loads((tmp_path / config / "summary.json").read_text())
+    name = cfg.method.name
+    assert summary["method"] == name and summary["backbone"] == "resnet18"
+    loss_name = {"simclr": "loss_cl", "gravis": "loss_ap"}[name]
+    assert set(summary["last_losses"]) == {"loss", loss_name}
+    assert all(math.isfinite(v) for v in summary["last_losses"].values())
+    state = load_checkpoint(tmp_path / config / "checkpoints" / "checkpoint-00000006.pt")
+    assert (state["method"], state["backbone"]) == (name, "cnn")
+    assert any(key.startswith("base_encoder.") for key in state["model"])
