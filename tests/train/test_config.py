@@ -163,7 +163,7 @@ def test_model_problems_are_refused(demo_shards):
 def test_method_and_backbone_pairs_that_cannot_work_are_refused(demo_shards):
     message = _refused(_demo(demo_shards, "backbone.name=cnn", "backbone.arch=resnet18"))
     assert message.startswith("method ssit on backbone cnn 'resnet18' (img_size 64) cannot be")
-    assert "needs a ViT backbone" in message
+    assert "needs a token backbone" in message
     assert "is a transformer, not a CNN" in _refused(load_config(
         PretrainConfig, "simclr_demo_cpu",
         [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
