@@ -6,8 +6,18 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image, ImageFilter
 
-__all__ = ["CROP_SIZE", "Box", "CropResult", "crop_fundus", "find_fundus_box", "fundus_problem"]
+__all__ = [
+    "CROP_SIZE",
+    "Box",
+    "CropResult",
+    "crop_fundus",
+    "crop_fundus_paper",
+    "find_fundus_box",
+    "find_fundus_box_paper",
+    "fundus_problem",
+]
 
 CROP_SIZE = 512
 
@@ -73,6 +83,59 @@ def crop_fundus(image: np.ndarray, size: int = CROP_SIZE) -> CropResult:
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
     crop = cv2.resize(region, (size, size), interpolation=interpolation)
     return CropResult(np.ascontiguousarray(crop), box, fallback)
+
+
+def find_fundus_box_paper(image: Image.Image) -> tuple[Box, bool]:
+    """The SSiT authors' crop box of a full-resolution RGB photograph, and whether it fell back.
+
+    Their rules, to the pixel: Pillow's 5 x 5 ``BLUR``; background = channel-wise maximum of the
+    ``w // 32`` leftmost and ``ceil(w / 32)`` rightmost columns; foreground = some channel more
+    than 10 above it. Without a box at least 0.8 h on each side (or when w <= 1.2 h) a landscape
+    image takes their centred box of width ``w - 2 * ((w - h) // 2)`` (h or h + 1) and full
+    height. Portrait images take the centred square of side w (theirs would be the whole,
+    non-square image, distorted by the resize).
+    """
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {image.mode}")
+    width, height = image.size
+    if width > _WIDE_RATIO * height:
+        blurred = np.asarray(image.filter(ImageFilter.BLUR))
+        box = _foreground_box(blurred, width // 32, -(-width // 32))
+        if box is not None:
+            return box, False
+    if height > width:
+        top = (height - width) // 2
+        return (0, top, width, top + width), True
+    left = (width - height) // 2
+    return (left, 0, width - left, height), True
+
+
+def _foreground_box(blurred: np.ndarray, left_strip: int, right_strip: int) -> Box | None:
+    """Bounding box of the pixels more than 10 above the border strips' maximum, if big enough."""
+    height, width = blurred.shape[:2]
+    background = np.maximum(
+        blurred[:, :left_strip].max(axis=(0, 1)), blurred[:, width - right_strip :].max(axis=(0, 1))
+    )
+    # Saturating subtraction: excess > margin exactly when pixel > background + margin.
+    excess = cv2.subtract(blurred, (*(float(v) for v in background), 0.0))
+    flat = excess.reshape(height, width * 3)
+    rows = np.flatnonzero(flat.max(axis=1) > _FOREGROUND_MARGIN)
+    if not rows.size:
+        return None
+    column_max = flat[rows[0] : rows[-1] + 1].max(axis=0).reshape(width, 3).max(axis=1)
+    cols = np.flatnonzero(column_max > _FOREGROUND_MARGIN)
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    min_side = _MIN_BOX_FRACTION * height
+    if box[2] - box[0] < min_side or box[3] - box[1] < min_side:
+        return None
+    return box
+
+
+def crop_fundus_paper(image: Image.Image, size: int = CROP_SIZE) -> CropResult:
+    """The authors' crop of a full-resolution RGB photograph: their box, Pillow's Lanczos resize."""
+    box, fallback = find_fundus_box_paper(image)
+    crop = image.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+    return CropResult(np.asarray(crop), box, fallback)
 
 
 def fundus_problem(crop: np.ndarray) -> str | None:
