@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from ssit.prepare.fine_grained import fine_grained_saliency
+from ssit.prepare.gaussian import gaussian_blur
 
 __all__ = ["saliency_float", "saliency_float_paper", "saliency_map", "saliency_map_paper"]
 
@@ -60,7 +61,7 @@ def saliency_float_paper(bgr: np.ndarray) -> np.ndarray:
     default quality, fine-grained saliency, zero outside the disc of radius 240 (at 512 px).
     """
     size = _check_square_colour(bgr)
-    blurred = cv2.GaussianBlur(bgr, (0, 0), size / 30)
+    blurred = gaussian_blur(bgr, size / 30)
     enhanced = cv2.addWeighted(bgr, 4, blurred, -4, 128)
     enhanced[~_drawn_disc(size, int(size / 2 * 0.98))] = 128
     ok, jpeg = cv2.imencode(".jpeg", enhanced)
@@ -80,7 +81,7 @@ def saliency_float(crop: np.ndarray) -> np.ndarray:
     """Saliency of a square RGB uint8 fundus crop as float32 in [0, 1] (zero outside r=240)."""
     size = _check_square_colour(crop)
     bgr = np.ascontiguousarray(crop[:, :, ::-1])
-    blurred = cv2.GaussianBlur(bgr, (0, 0), sigmaX=size * _BLUR_SIGMA_FRACTION)
+    blurred = gaussian_blur(bgr, size * _BLUR_SIGMA_FRACTION)
     enhanced = cv2.addWeighted(bgr, 4, blurred, -4, 128)
     enhanced[_outside_circle(size, size * _ENHANCE_RADIUS_FRACTION)] = 128
     saliency = fine_grained_saliency(enhanced)
