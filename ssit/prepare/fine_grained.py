@@ -140,19 +140,35 @@ def fine_grained_saliency_numpy(image: np.ndarray) -> np.ndarray:
 
 if numba is not None:
 
-    @numba.njit(cache=True, error_model="numpy")
+    @numba.njit(cache=True, error_model="numpy", boundscheck=False)
     def _scales_kernel(padded, gray, neighbourhoods, pad):  # pragma: no cover - compiled
+        # Row by row, all scales on a row while its sums stay in cache; row slices and
+        # non-negative indices only, so that the inner loop vectorises.
         height, width = gray.shape
-        sum_on = np.zeros((height, width), np.int32)
-        sum_off = np.zeros((height, width), np.int32)
-        widths = np.empty(width, np.int64)
-        for n in neighbourhoods:
+        sum_on = np.zeros((height, width), np.uint16)
+        sum_off = np.zeros((height, width), np.uint16)
+        scales = neighbourhoods.size
+        widths = np.empty((scales, width), np.int64)
+        for s in range(scales):
+            n = neighbourhoods[s]
             for x in range(width):
-                widths[x] = min(x + n + 1, width) - min(max(x - n + 1, 0), width)
-            for y in range(height):
+                widths[s, x] = min(x + n + 1, width) - min(max(x - n + 1, 0), width)
+        area = np.empty(width, np.float32)
+        centre = np.empty(width, np.float32)
+        for y in range(height):
+            grey_row = gray[y]
+            on_row = sum_on[y]
+            off_row = sum_off[y]
+            for x in range(width):
+                centre[x] = grey_row[x]
+            for s in range(scales):
+                n = neighbourhoods[s]
                 y1 = min(max(y - n + 1, 0), height)
                 y2 = min(y + n + 1, height)
                 rows = y2 - y1
+                scale_widths = widths[s]
+                for x in range(width):
+                    area[x] = np.float32(rows * scale_widths[x] - 1)
                 row1 = padded[y1, pad - n + 1 : pad - n + 1 + width]
                 row2 = padded[y2, pad - n + 1 : pad - n + 1 + width]
                 row1_right = padded[y1, pad + n + 1 : pad + n + 1 + width]
@@ -161,39 +177,43 @@ if numba is not None:
                     total = row2_right[x] + row1[x]
                     total = total - row2[x]
                     total = total - row1_right[x]
-                    centre = np.float32(gray[y, x])
-                    area = np.float32(rows * widths[x] - 1)
-                    on = centre - (total - centre) / area
+                    on = centre[x] - (total - centre[x]) / area[x]
                     positive = on if on > 0 else np.float32(0)
                     negative = -on if on < 0 else np.float32(0)
-                    sum_on[y, x] += np.int32(positive) & 0xFF
-                    sum_off[y, x] += np.int32(negative) & 0xFF
+                    on_row[x] += np.int32(positive) & 0xFF
+                    off_row[x] += np.int32(negative) & 0xFF
         return sum_on, sum_off
 
     @numba.njit(cache=True, error_model="numpy")
+    def _scale_table(maximum):  # pragma: no cover - compiled
+        """``(uchar)(255. * (float)(s / (float)maximum))`` for every sum s <= maximum."""
+        table = np.zeros(maximum + 1, np.int32)
+        if maximum > 0:
+            divisor = np.float32(maximum)
+            for value in range(maximum + 1):
+                table[value] = np.int32(255.0 * np.float64(np.float32(value) / divisor))
+        return table
+
+    @numba.njit(cache=True, error_model="numpy", boundscheck=False)
     def _mix_kernel(sum_on, sum_off):  # pragma: no cover - compiled
-        height, width = sum_on.shape
-        max_on = np.float32(sum_on.max())
-        max_off = np.float32(sum_off.max())
-        on = np.zeros((height, width), np.int32)
-        off = np.zeros((height, width), np.int32)
-        for y in range(height):
-            for x in range(width):
-                if max_on > 0:
-                    on[y, x] = np.int32(255.0 * np.float64(np.float32(sum_on[y, x]) / max_on))
-                if max_off > 0:
-                    off[y, x] = np.int32(255.0 * np.float64(np.float32(sum_off[y, x]) / max_off))
+        # Sums are at most 6 * 255 and on + off at most 510: every float operation of OpenCV's
+        # loops is taken once per distinct value, in lookup tables.
+        on = _scale_table(sum_on.max())
+        off = _scale_table(sum_off.max())
         maximum = max(on.max(), off.max())
-        result = np.zeros((height, width), np.float32)
-        if maximum == 0:
-            return result
-        scale = np.float64(np.float32(maximum))
-        unit = np.float32(1.0) / np.float32(255.0)
+        mixed = np.zeros(511, np.float32)
+        if maximum > 0:
+            scale = np.float64(np.float32(maximum))
+            unit = np.float32(1.0) / np.float32(255.0)
+            for value in range(511):
+                both = np.float64(np.float32(value))
+                mixed[value] = np.float32(np.int32(255.0 * both / scale) & 0xFF) * unit
+        height, width = sum_on.shape
+        result = np.empty((height, width), np.float32)
         for y in range(height):
+            on_row, off_row, out = sum_on[y], sum_off[y], result[y]
             for x in range(width):
-                both = np.float64(np.float32(on[y, x] + off[y, x]))
-                wrapped = np.int32(255.0 * both / scale) & 0xFF
-                result[y, x] = np.float32(wrapped) * unit
+                out[x] = mixed[on[on_row[x]] + off[off_row[x]]]
         return result
 
 
