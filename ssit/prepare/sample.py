@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ssit.prepare.crop import CROP_SIZE, Box, crop_fundus, crop_fundus_paper, fundus_problem
-from ssit.prepare.decode import BadImageError, load_image
+from ssit.prepare.decode import BadImageError, load_full_image, load_image
 from ssit.prepare.saliency import saliency_map, saliency_map_paper
 
 __all__ = [
@@ -89,8 +89,8 @@ def preprocess_image(path: str | Path, size: int = CROP_SIZE, *, fast: bool = Fa
 
 
 def _preprocess_paper(path: str | Path, size: int) -> Preprocessed:
-    decoded = load_image(path, target=None)
-    result = crop_fundus_paper(Image.fromarray(decoded.rgb), size)
+    image, original_size, converted = load_full_image(path)
+    result = crop_fundus_paper(image, size)
     problem = fundus_problem(result.image)
     if problem is not None:
         raise BadImageError(problem)
@@ -101,9 +101,9 @@ def _preprocess_paper(path: str | Path, size: int) -> Preprocessed:
         crop=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
         saliency=saliency_map_paper(bgr),
         box=result.box,
-        original_size=decoded.original_size,
+        original_size=original_size,
         fallback=result.fallback,
-        converted=decoded.converted,
+        converted=converted,
         jpeg=jpeg.getvalue(),
     )
 

@@ -106,3 +106,50 @@ def test_fast_recipe_is_close_to_the_default(tmp_path):
     assert np.abs(np.subtract(fast.box, paper.box)).max() <= 8
     ours, theirs = fast.saliency > 127, paper.saliency > 127
     assert (ours & theirs).sum() / (ours | theirs).sum() > 0.6
+
+
+def full_blur_box(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The authors' foreground bounding box computed on the whole blurred image."""
+    pixels = np.array(image.filter(ImageFilter.BLUR))
+    w = pixels.shape[1]
+    background = np.maximum(pixels[:, : w // 32].max(axis=(0, 1)).astype(int),
+                            pixels[:, -w // 32 :].max(axis=(0, 1)).astype(int))
+    return Image.fromarray((pixels > background + 10).astype(np.uint8)).getbbox()
+
+
+def noisy_canvas(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Dark noisy background, a bright blob of random size and place, scattered bright pixels."""
+    pixels = rng.integers(0, 12, (height, width, 3), dtype=np.uint8)
+    cy, cx = rng.integers(0, height), rng.integers(0, width)
+    radius = rng.integers(1, max(2, height // 2))
+    yy, xx = np.ogrid[:height, :width]
+    pixels[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] += np.uint8(rng.integers(15, 200))
+    spots = rng.integers(0, 30)
+    pixels[rng.integers(0, height, spots), rng.integers(0, width, spots)] = 255
+    return Image.fromarray(pixels)
+
+
+def test_banded_blur_finds_the_full_blur_box():
+    from ssit.prepare.crop import _foreground_box
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        height = int(rng.integers(64, 400))
+        width = int(rng.integers(int(1.21 * height) + 1, 3 * height))
+        image = noisy_canvas(rng, width, height)
+        expected = full_blur_box(image)
+        found = _foreground_box(image, width // 32, -(-width // 32))
+        if expected is not None and min(expected[2] - expected[0],
+                                        expected[3] - expected[1]) >= 0.8 * height:
+            assert found == expected, trial
+        else:
+            assert found is None, trial
+
+
+@pytest.mark.parametrize(("width", "height", "fill", "offset"),
+                         [(3888, 2592, 0.94, 0), (2592, 1728, 0.99, -300), (2000, 1500, 0.9, 40)])
+def test_banded_blur_box_on_fundus_canvases(tmp_path, width, height, fill, offset):
+    from ssit.prepare.crop import find_fundus_box_paper
+
+    image = Image.open(fundus_photograph(tmp_path / "f.jpeg", width, height, fill, offset))
+    assert find_fundus_box_paper(image) == (full_blur_box(image), False)
