@@ -6,8 +6,18 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image, ImageFilter
 
-__all__ = ["CROP_SIZE", "Box", "CropResult", "crop_fundus", "find_fundus_box", "fundus_problem"]
+__all__ = [
+    "CROP_SIZE",
+    "Box",
+    "CropResult",
+    "crop_fundus",
+    "crop_fundus_paper",
+    "find_fundus_box",
+    "find_fundus_box_paper",
+    "fundus_problem",
+]
 
 CROP_SIZE = 512
 
@@ -73,6 +83,131 @@ def crop_fundus(image: np.ndarray, size: int = CROP_SIZE) -> CropResult:
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
     crop = cv2.resize(region, (size, size), interpolation=interpolation)
     return CropResult(np.ascontiguousarray(crop), box, fallback)
+
+
+def find_fundus_box_paper(image: Image.Image) -> tuple[Box, bool]:
+    """The SSiT authors' crop box of a full-resolution RGB photograph, and whether it fell back.
+
+    Their rules, to the pixel: Pillow's 5 x 5 ``BLUR``; background = channel-wise maximum of the
+    ``w // 32`` leftmost and ``ceil(w / 32)`` rightmost columns; foreground = some channel more
+    than 10 above it. Without a box at least 0.8 h on each side (or when w <= 1.2 h) a landscape
+    image takes their centred box of width ``w - 2 * ((w - h) // 2)`` (h or h + 1) and full
+    height. Portrait images take the centred square of side w (theirs would be the whole,
+    non-square image, distorted by the resize).
+    """
+    if image.mode != "RGB":
+        raise ValueError(f"expected an RGB image, got mode {image.mode}")
+    width, height = image.size
+    if width > _WIDE_RATIO * height:
+        box = _foreground_box(image, width // 32, -(-width // 32))
+        if box is not None:
+            return box, False
+    if height > width:
+        top = (height - width) // 2
+        return (0, top, width, top + width), True
+    left = (width - height) // 2
+    return (left, 0, width - left, height), True
+
+
+# Pillow's BLUR reads 2 pixels around each output pixel; a wider margin keeps every blurred
+# window at least 5 x 5 (Pillow copies smaller images unfiltered).
+_BLUR_MARGIN = 4
+_FIRST_BAND = 16
+_LARGEST_BAND = 256
+
+
+def _blurred(image: Image.Image, box: Box) -> np.ndarray:
+    """``np.asarray(image.filter(BLUR))[y0:y1, x0:x1]``, blurring only around ``box``.
+
+    Pillow's filter is local (each pixel depends on its 5 x 5 neighbourhood and, near an image
+    edge, on its distance to that edge), so blurring a crop that reaches ``_BLUR_MARGIN`` pixels
+    beyond the box, or to the image edge, gives the full blur's pixels inside the box.
+    """
+    width, height = image.size
+    x0, y0, x1, y1 = box
+    region = (max(0, x0 - _BLUR_MARGIN), max(0, y0 - _BLUR_MARGIN),
+              min(width, x1 + _BLUR_MARGIN), min(height, y1 + _BLUR_MARGIN))
+    pixels = np.asarray(image.crop(region).filter(ImageFilter.BLUR))
+    return pixels[y0 - region[1] : y1 - region[1], x0 - region[0] : x1 - region[0]]
+
+
+def _first_foreground_line(image: Image.Image, threshold: np.ndarray, axis: int,
+                           start: int, stop: int, across: tuple[int, int]) -> int | None:
+    """First row (``axis=0``) or column (``axis=1``) from ``start`` towards ``stop`` (exclusive,
+    either direction) whose blurred pixels within ``across`` exceed ``threshold`` somewhere.
+
+    Bands of growing width are blurred in turn, so only the lines examined are blurred.
+    """
+    step = 1 if stop >= start else -1
+    band = _FIRST_BAND
+    position = start
+    while position != stop:
+        end = position + step * min(band, abs(stop - position))
+        low, high = (position, end) if step > 0 else (end + 1, position + 1)
+        box = (across[0], low, across[1], high) if axis == 0 else (low, across[0], high, across[1])
+        lines = np.zeros(0, np.int64)
+        if _raw_exceeds(image, box, threshold):
+            lines = np.flatnonzero(_exceeding_lines(_blurred(image, box), threshold, axis))
+        if lines.size:
+            return low + int(lines[0] if step > 0 else lines[-1])
+        position = end
+        band = min(2 * band, _LARGEST_BAND)
+    return None
+
+
+def _raw_exceeds(image: Image.Image, box: Box, threshold: np.ndarray) -> bool:
+    """Whether some unblurred pixel within 2 pixels of ``box`` exceeds ``threshold``.
+
+    A blurred pixel is a rounded mean of pixels within 2 pixels of it (or a copy of itself at the
+    image edge), so it cannot exceed the threshold when none of those does: bands without such
+    a pixel need no blur.
+    """
+    width, height = image.size
+    region = (max(0, box[0] - 2), max(0, box[1] - 2), min(width, box[2] + 2),
+              min(height, box[3] + 2))
+    pixels = np.asarray(image.crop(region))
+    return bool(_exceeding_lines(pixels, threshold, 0).any())
+
+
+def _exceeding_lines(pixels: np.ndarray, threshold: np.ndarray, axis: int) -> np.ndarray:
+    """Per row (``axis=0``) or column (``axis=1``): does some pixel exceed ``threshold`` in some
+    channel? (A saturating subtraction and maxima: NumPy compares 3-channel pixels slowly.)"""
+    height, width = pixels.shape[:2]
+    excess = cv2.subtract(pixels, (*(float(v) for v in threshold), 0.0))
+    flat = excess.reshape(height, width * 3)
+    if axis == 0:
+        return flat.max(axis=1) > 0
+    return flat.max(axis=0).reshape(width, 3).max(axis=1) > 0
+
+
+def _foreground_box(image: Image.Image, left_strip: int, right_strip: int) -> Box | None:
+    """Bounding box of the blurred pixels more than 10 above the border strips' maximum (some
+    channel), if it is big enough; blurs the strips and the bands scanned inwards only."""
+    width, height = image.size
+    background = np.maximum(
+        _blurred(image, (0, 0, left_strip, height)).max(axis=(0, 1)),
+        _blurred(image, (width - right_strip, 0, width, height)).max(axis=(0, 1)),
+    )
+    threshold = background.astype(np.int32) + _FOREGROUND_MARGIN
+    top = _first_foreground_line(image, threshold, 0, 0, height, (0, width))
+    if top is None:
+        return None
+    bottom = _first_foreground_line(image, threshold, 0, height - 1, top - 1, (0, width))
+    rows = (top, bottom + 1)
+    left = _first_foreground_line(image, threshold, 1, 0, width, rows)
+    right = _first_foreground_line(image, threshold, 1, width - 1, left - 1, rows)
+    box = (left, top, right + 1, bottom + 1)
+    min_side = _MIN_BOX_FRACTION * height
+    if box[2] - box[0] < min_side or box[3] - box[1] < min_side:
+        return None
+    return box
+
+
+def crop_fundus_paper(image: Image.Image, size: int = CROP_SIZE) -> CropResult:
+    """The authors' crop of a full-resolution RGB photograph: their box, Pillow's Lanczos resize."""
+    box, fallback = find_fundus_box_paper(image)
+    crop = image.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+    return CropResult(np.asarray(crop), box, fallback)
 
 
 def fundus_problem(crop: np.ndarray) -> str | None:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["MIN_IMAGE_SIDE", "BadImageError", "DecodedImage", "load_image"]
+__all__ = ["MIN_IMAGE_SIDE", "BadImageError", "DecodedImage", "load_full_image", "load_image"]
 
 MIN_IMAGE_SIDE = 64
 """Images whose shorter side is below this many pixels are rejected as too small to crop."""
@@ -73,6 +73,14 @@ def _draft_size(width: int, height: int, target: int) -> tuple[int, int]:
 
 
 def _decode_jpeg(data: bytes, target: int | None) -> DecodedImage:
+    image, original_size, scale, converted = _open_jpeg(data, target)
+    rgb = np.asarray(image)
+    return DecodedImage(np.ascontiguousarray(rgb), original_size, scale, converted)
+
+
+def _open_jpeg(data: bytes, target: int | None
+               ) -> tuple[Image.Image, tuple[int, int], float, str | None]:
+    """The decoded RGB Pillow image, original size, scale and conversion of a JPEG."""
     try:
         image = Image.open(io.BytesIO(data))
         original_size = image.size
@@ -94,8 +102,27 @@ def _decode_jpeg(data: bytes, target: int | None) -> DecodedImage:
         converted = "CMYK -> RGB"
     elif image.mode != "RGB":
         converted = f"{image.mode} -> RGB"
-    rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
-    return DecodedImage(np.ascontiguousarray(rgb), original_size, scale, converted)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image, original_size, scale, converted
+
+
+def load_full_image(path: str | Path) -> tuple[Image.Image, tuple[int, int], str | None]:
+    """Full-resolution RGB Pillow image of ``path``, its size and the conversion applied.
+
+    The same pixels as ``load_image(path, target=None)`` without the copies into and out of
+    a NumPy array for JPEGs. Raises :class:`BadImageError` like :func:`load_image`.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadImageError(f"cannot read file: {error.strerror or error}") from error
+    if data.startswith(_JPEG_MAGIC):
+        image, original_size, _, converted = _open_jpeg(data, None)
+        return image, original_size, converted
+    decoded = load_image(path, target=None)
+    return Image.fromarray(decoded.rgb), decoded.original_size, decoded.converted
 
 
 def _decode_other(data: bytes) -> DecodedImage:

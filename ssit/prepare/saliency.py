@@ -1,4 +1,10 @@
-"""Saliency map of a fundus crop: contrast enhancement + OpenCV fine-grained static saliency."""
+"""Saliency map of a fundus crop: contrast enhancement + fine-grained static saliency.
+
+:func:`saliency_map_paper` is the SSiT authors' ``saliency_detect.py`` step for step (default
+recipe); :func:`saliency_map` is the slightly simpler variant of the ``--fast`` recipe (no JPEG
+round trip, circles by pixel-centre distance). Both use the bit-exact re-implementation of
+OpenCV's fine-grained saliency in :mod:`ssit.prepare.fine_grained`.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,16 @@ import functools
 import cv2
 import numpy as np
 
-__all__ = ["saliency_float", "saliency_map"]
+from ssit.prepare.fine_grained import fine_grained_saliency
+from ssit.prepare.gaussian import gaussian_blur
+
+__all__ = ["saliency_float", "saliency_float_paper", "saliency_map", "saliency_map_paper"]
 
 # Ratios of the saliency recipe for a 512-pixel crop: blur sigma 512/30, grey-out outside radius
 # 0.98 * 256, zero the map outside radius 240.
 _BLUR_SIGMA_FRACTION = 1 / 30
 _ENHANCE_RADIUS_FRACTION = 0.98 / 2
 _KEEP_RADIUS_FRACTION = 240 / 512
-
-
-@functools.cache
-def _fine_grained() -> cv2.saliency.StaticSaliencyFineGrained:
-    return cv2.saliency.StaticSaliencyFineGrained_create()
 
 
 @functools.lru_cache(maxsize=8)
@@ -31,21 +35,56 @@ def _outside_circle(size: int, radius: float) -> np.ndarray:
     return mask
 
 
-def saliency_float(crop: np.ndarray) -> np.ndarray:
-    """Saliency of a square RGB uint8 fundus crop as float32 in [0, 1] (zero outside r=240)."""
+def _check_square_colour(crop: np.ndarray) -> int:
     if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 crop, got {crop.dtype} {crop.shape}")
-    size = crop.shape[0]
-    if crop.shape[1] != size:
-        raise ValueError(f"expected a square crop, got {crop.shape[1]}x{size}")
+    if crop.shape[1] != crop.shape[0]:
+        raise ValueError(f"expected a square crop, got {crop.shape[1]}x{crop.shape[0]}")
+    return crop.shape[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _drawn_disc(size: int, radius: int) -> np.ndarray:
+    """Boolean mask of ``cv2.circle`` filled at (size // 2, size // 2), 8-connected edge."""
+    mask = np.zeros((size, size), np.uint8)
+    cv2.circle(mask, (size // 2, size // 2), radius, 1, -1, cv2.LINE_8)
+    disc = mask.astype(bool)
+    disc.flags.writeable = False
+    return disc
+
+
+def saliency_float_paper(bgr: np.ndarray) -> np.ndarray:
+    """The authors' saliency of a square BGR uint8 crop (as read by ``cv2.imread``), float32.
+
+    Contrast enhancement ``4 img - 4 GaussianBlur(img, size / 30) + 128`` (saturated to uint8),
+    128 outside the disc of radius ``int(size / 2 * 0.98)``, a JPEG round trip at OpenCV's
+    default quality, fine-grained saliency, zero outside the disc of radius 240 (at 512 px).
+    """
+    size = _check_square_colour(bgr)
+    blurred = gaussian_blur(bgr, size / 30)
+    enhanced = cv2.addWeighted(bgr, 4, blurred, -4, 128)
+    enhanced[~_drawn_disc(size, int(size / 2 * 0.98))] = 128
+    ok, jpeg = cv2.imencode(".jpeg", enhanced)
+    if not ok:
+        raise RuntimeError("JPEG encoding of the enhanced crop failed")
+    saliency = fine_grained_saliency(cv2.imdecode(jpeg, cv2.IMREAD_COLOR))
+    saliency[~_drawn_disc(size, round(size * _KEEP_RADIUS_FRACTION))] = 0.0
+    return saliency
+
+
+def saliency_map_paper(bgr: np.ndarray) -> np.ndarray:
+    """8-bit map (0..255 for saliency 0..1) of :func:`saliency_float_paper`."""
+    return np.rint(saliency_float_paper(bgr) * 255).astype(np.uint8)
+
+
+def saliency_float(crop: np.ndarray) -> np.ndarray:
+    """Saliency of a square RGB uint8 fundus crop as float32 in [0, 1] (zero outside r=240)."""
+    size = _check_square_colour(crop)
     bgr = np.ascontiguousarray(crop[:, :, ::-1])
-    blurred = cv2.GaussianBlur(bgr, (0, 0), sigmaX=size * _BLUR_SIGMA_FRACTION)
+    blurred = gaussian_blur(bgr, size * _BLUR_SIGMA_FRACTION)
     enhanced = cv2.addWeighted(bgr, 4, blurred, -4, 128)
     enhanced[_outside_circle(size, size * _ENHANCE_RADIUS_FRACTION)] = 128
-    ok, saliency = _fine_grained().computeSaliency(enhanced)
-    if not ok:
-        raise RuntimeError("OpenCV fine-grained saliency failed")
-    saliency = np.clip(np.asarray(saliency, dtype=np.float32), 0.0, 1.0)
+    saliency = fine_grained_saliency(enhanced)
     saliency[_outside_circle(size, size * _KEEP_RADIUS_FRACTION)] = 0.0
     return saliency
 

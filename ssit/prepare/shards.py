@@ -108,6 +108,7 @@ class _Task(NamedTuple):
     grade: int | None
     dataset: str
     file_bytes: int
+    fast: bool
 
 
 class _Outcome(NamedTuple):
@@ -210,6 +211,7 @@ def _make_plan(
     dataset: str,
     shard_size: int,
     seed: int,
+    fast: bool,
 ) -> _Plan:
     files = _scan_images(input_dir, out_dir.resolve())
     if not files:
@@ -240,7 +242,7 @@ def _make_plan(
                 skipped.append((source, labels.problems[label_id]))
                 continue
             grade = labels.grades[label_id]
-        tasks.append(_Task(str(path), source, key, grade, dataset, path.stat().st_size))
+        tasks.append(_Task(str(path), source, key, grade, dataset, path.stat().st_size, fast))
     if not tasks:
         reason = skipped[0][1] if skipped else "no usable image"
         raise PrepareError(
@@ -266,7 +268,9 @@ def _fingerprint(tasks: Sequence[_Task]) -> str:
         [t.source, t.key, t.grade, t.dataset, t.file_bytes, Path(t.path).stat().st_mtime_ns]
         for t in tasks
     ]
-    payload = json.dumps({"format": MANIFEST_FORMAT, "crop": CROP_SIZE, "samples": entries})
+    recipe = "fast" if tasks and tasks[0].fast else "paper"
+    payload = json.dumps({"format": MANIFEST_FORMAT, "crop": CROP_SIZE, "recipe": recipe,
+                          "samples": entries})
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -276,7 +280,7 @@ def _fingerprint(tasks: Sequence[_Task]) -> str:
 def _process(task: _Task) -> _Outcome:
     """Turn one planned image into a sample, or into a skip reason; never raises."""
     try:
-        item = preprocess_image(task.path, CROP_SIZE)
+        item = preprocess_image(task.path, CROP_SIZE, fast=task.fast)
         members = encode_sample(item, source=task.source, grade=task.grade, dataset=task.dataset)
     except BadImageError as error:
         return _Outcome(task.source, task.key, task.grade, None, str(error), None, False,
@@ -455,12 +459,15 @@ def write_shards(
     jobs: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    fast: bool = False,
 ) -> ShardReport:
     """Crop every photograph under ``input_dir``, compute its saliency map and write shards.
 
     ``labels`` is an EyePACS-style CSV (``image,level``); images without a row are then skipped.
     Re-running after an interruption keeps every finished shard and redoes only the rest; the
-    result is byte-identical to an uninterrupted run. Arguments are checked before any work and
+    result is byte-identical to an uninterrupted run. The default per-image recipe is the SSiT
+    authors' (see :mod:`ssit.prepare.sample`); ``fast=True`` trades exactness for speed.
+    Arguments are checked before any work and
     problems raise :class:`PrepareError`; bad images are skipped and listed in ``skipped.csv``.
     """
     input_path, out_path = Path(input_dir), Path(out_dir)
@@ -475,7 +482,7 @@ def write_shards(
     if jobs is not None and jobs < 1:
         raise PrepareError(f"jobs must be at least 1, got {jobs}")
     label_table = read_labels(labels) if labels is not None else None
-    plan = _make_plan(input_path, out_path, label_table, dataset, shard_size, seed)
+    plan = _make_plan(input_path, out_path, label_table, dataset, shard_size, seed, fast)
 
     (out_path / _STATE_DIR).mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out_path, plan)
@@ -497,7 +504,7 @@ def write_shards(
         records.update(_run(out_path, plan, pending, tasks, workers, progress))
 
     report = _finish(out_path, plan, records, seed, label_table is not None,
-                     reused=len(plan.shards) - len(pending))
+                     reused=len(plan.shards) - len(pending), fast=fast)
     logger.debug("%s", report.summary())
     return report
 
@@ -539,6 +546,7 @@ def _finish(
     seed: int,
     has_labels: bool,
     reused: int,
+    fast: bool,
 ) -> ShardReport:
     """Write ``skipped.csv`` and ``manifest.json`` from the shard records."""
     ordered = [records[i] for i in range(len(plan.shards))]
@@ -575,6 +583,7 @@ def _finish(
         "num_samples": written,
         "has_labels": has_labels,
         "image_size": CROP_SIZE,
+        "recipe": "fast" if fast else "paper",
         "shards": [
             {"name": r["name"], "index": r["index"], "num_samples": r["num_samples"],
              "sha256": r["sha256"]}

@@ -230,6 +230,20 @@ def test_rerun_keeps_finished_shards(small_raw, small_shards, tmp_path):
     assert after == before
 
 
+def test_fast_recipe_is_recorded_and_redoes_every_shard(small_raw, small_shards, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(small_shards, out)
+    assert read_manifest(out)["recipe"] == "paper"
+    default_jpg = {s["__key__"]: s["jpg"] for s in tar_samples(out)}
+    report = write_shards(small_raw, out, labels=small_raw / "labels.csv", dataset="small",
+                          shard_size=3, jobs=1, seed=5, progress=False, fast=True)
+    assert report.reused_shards == 0 and report.written == 12
+    assert read_manifest(out)["recipe"] == "fast"
+    fast_jpg = {s["__key__"]: s["jpg"] for s in tar_samples(out)}
+    assert fast_jpg.keys() == default_jpg.keys()
+    assert all(fast_jpg[key] != default_jpg[key] for key in fast_jpg)
+
+
 def test_changed_input_redoes_only_its_shard(small_raw, small_shards, tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     shutil.copytree(small_raw, raw)
