@@ -162,10 +162,13 @@ def _wait_for_lock_holder(process: subprocess.Popen, out: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_a_second_run_into_the_same_folder_refuses_and_a_crash_leaves_no_lock(two_good,
+def test_a_second_run_into_the_same_folder_refuses_and_a_crash_leaves_no_lock(demo_raw,
                                                                               tmp_path):
-    out = tmp_path / "out"
-    args = ["--input", str(two_good), "--out", str(out), "--shard-size", "1", "--jobs", "1"]
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    for source in sorted(demo_raw.glob("*.jpeg"))[:12]:  # enough work to be caught holding it
+        shutil.copy(source, raw / source.name)
+    args = ["--input", str(raw), "--out", str(out), "--shard-size", "4", "--jobs", "1"]
     first = subprocess.Popen([sys.executable, "-m", "ssit", "shards", *args], cwd=REPO,
                              env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
                              start_new_session=True, stdout=subprocess.DEVNULL,
@@ -180,12 +183,13 @@ def test_a_second_run_into_the_same_folder_refuses_and_a_crash_leaves_no_lock(tw
             "wait for it to finish or choose another --out"
         ]
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # a crash: the lock must go with the process
+        with contextlib.suppress(ProcessLookupError):  # a crash: the lock must go with it
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait()
         first.stderr.close()
     third = shards_cli(*args)
     assert third.returncode == 0, third.stderr
-    assert read_manifest(out)["num_samples"] == 2
+    assert read_manifest(out)["num_samples"] == 12
 
 
 def test_the_lock_refuses_in_process_too(two_good, tmp_path):
