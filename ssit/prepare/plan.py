@@ -182,7 +182,7 @@ def _list_images(input_dir: Path, exclude: Path) -> _Listing:
     pending = deque([""])  # breadth first, in name order: the first link to a folder wins
     while pending:
         relative = pending.popleft()
-        shown = printable_name(relative)
+        shown = printable_name(relative) or "."
         folder = os.path.join(input_dir, relative)
         try:
             info = os.stat(folder)
