@@ -81,8 +81,9 @@ def _parse_number(text: str, kind: Callable[[str], _Number], expected: str) -> _
 def _prepare_errors() -> tuple[type[BaseException], ...]:
     from ssit.prepare.decode import BadImageError
     from ssit.prepare.shard_format import PrepareError
+    from ssit.prepare.workers import WorkerDiedError
 
-    return PrepareError, BadImageError
+    return PrepareError, BadImageError, WorkerDiedError
 
 
 # ---------------------------------------------------------------- ssit synth
@@ -129,8 +130,11 @@ def _shards_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes (default: all available cores)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order (0)")
     parser.add_argument("--fast", action="store_true",
-                        help="reduced-scale recipe, several times faster; maps close to but not "
-                             "equal to the SSiT authors' (default: their recipe, exactly)")
+                        help="reduced-scale recipe, several times faster; maps close to but "
+                             "not equal to the SSiT authors' (default: their recipe, exactly)")
+    parser.add_argument("--max-pixels", type=positive_int, default=100_000_000,
+                        help="skip images with more pixels than this, before decoding them "
+                             "(100000000); bounds the memory of each worker")
 
 
 def _shards_run(args: argparse.Namespace) -> int:
@@ -144,6 +148,7 @@ def _shards_run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         jobs=args.jobs,
         seed=args.seed,
+        max_pixels=args.max_pixels,
         progress=sys.stderr.isatty(),
         fast=args.fast,
     )

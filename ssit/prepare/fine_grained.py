@@ -27,6 +27,8 @@ import logging
 import cv2
 import numpy as np
 
+from ssit.prepare.compiled import NUMBA_AVAILABLE, njit
+
 __all__ = [
     "NEIGHBOURHOODS",
     "NUMBA_AVAILABLE",
@@ -43,12 +45,6 @@ NEIGHBOURHOODS = (12, 24, 48, 28, 56, 112)
 _TO_UNIT = np.float32(1.0) / np.float32(255.0)
 _PAD = max(NEIGHBOURHOODS) + 1
 
-try:
-    import numba
-except ImportError:
-    numba = None
-
-NUMBA_AVAILABLE = numba is not None
 
 
 def _smoothed_gray(image: np.ndarray) -> np.ndarray:
@@ -138,9 +134,9 @@ def fine_grained_saliency_numpy(image: np.ndarray) -> np.ndarray:
     return _mix_on_off(_scale_by_maximum(sum_on), _scale_by_maximum(sum_off))
 
 
-if numba is not None:
+if NUMBA_AVAILABLE:
 
-    @numba.njit(cache=True, error_model="numpy", boundscheck=False)
+    @njit(error_model="numpy", boundscheck=False)
     def _scales_kernel(padded, gray, neighbourhoods, pad):  # pragma: no cover - compiled
         # Row by row, all scales on a row while its sums stay in cache; row slices and
         # non-negative indices only, so that the inner loop vectorises.
@@ -184,7 +180,7 @@ if numba is not None:
                     off_row[x] += np.int32(negative) & 0xFF
         return sum_on, sum_off
 
-    @numba.njit(cache=True, error_model="numpy")
+    @njit(error_model="numpy")
     def _scale_table(maximum):  # pragma: no cover - compiled
         """``(uchar)(255. * (float)(s / (float)maximum))`` for every sum s <= maximum."""
         table = np.zeros(maximum + 1, np.int32)
@@ -194,7 +190,7 @@ if numba is not None:
                 table[value] = np.int32(255.0 * np.float64(np.float32(value) / divisor))
         return table
 
-    @numba.njit(cache=True, error_model="numpy", boundscheck=False)
+    @njit(error_model="numpy", boundscheck=False)
     def _mix_kernel(sum_on, sum_off):  # pragma: no cover - compiled
         # Sums are at most 6 * 255 and on + off at most 510: every float operation of OpenCV's
         # loops is taken once per distinct value, in lookup tables.
@@ -222,7 +218,7 @@ def fine_grained_saliency_numba(image: np.ndarray) -> np.ndarray:
 
     Raises RuntimeError when numba is not installed.
     """
-    if numba is None:
+    if not NUMBA_AVAILABLE:
         raise RuntimeError("numba is not installed (pip install numba)")
     gray = _smoothed_gray(image)
     neighbourhoods = np.array(NEIGHBOURHOODS, np.int64)
@@ -237,6 +233,6 @@ def fine_grained_saliency(image: np.ndarray) -> np.ndarray:
     ``image`` is uint8, BGR (h, w, 3) or grey (h, w). Uses the numba kernel when numba is
     installed, the NumPy version otherwise.
     """
-    if numba is not None:
+    if NUMBA_AVAILABLE:
         return fine_grained_saliency_numba(image)
     return fine_grained_saliency_numpy(image)

@@ -19,14 +19,12 @@ import functools
 import cv2
 import numpy as np
 
+from ssit.prepare.compiled import NUMBA_AVAILABLE, njit
+
 __all__ = ["gaussian_blur", "integer_gaussian_kernel", "kernel_size"]
 
 _ONE = 256  # 1.0 in the kernel's fixed point (8 fractional bits)
 
-try:
-    import numba
-except ImportError:
-    numba = None
 
 
 def kernel_size(sigma: float) -> int:
@@ -79,9 +77,9 @@ def _check(image: np.ndarray, sigma: float) -> None:
                          f"kernel radius {radius}")
 
 
-if numba is not None:
+if NUMBA_AVAILABLE:
 
-    @numba.njit(cache=True, boundscheck=False)
+    @njit(boundscheck=False)
     def _blur_kernel(pixels, offsets, weights, columns, lines):  # pragma: no cover - compiled
         # Row sums are at most 255 * 256 and are exact in uint16 (wrapping partial products
         # cannot matter modulo 2**16); column sums are integers below 2**24, exact in float32.
@@ -128,7 +126,7 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     than the kernel radius on both sides.
     """
     _check(image, sigma)
-    if numba is None:
+    if not NUMBA_AVAILABLE:
         return cv2.GaussianBlur(image, (0, 0), sigma)
     offsets, weights = _taps(sigma)
     height, width = image.shape[:2]

@@ -14,7 +14,9 @@ leaves ``skipped.csv`` and a ``.state/`` folder for resuming)::
 
 A member's extension starts at the first dot of its file name, as WebDataset and DALI read it,
 so sample keys hold no dots (nor whitespace, which would break the index). Readers refuse a
-manifest whose ``format`` is not :data:`MANIFEST_FORMAT`.
+manifest whose ``format`` is not :data:`MANIFEST_FORMAT`. ``manifest.json`` is written last, so
+a folder with the ``.state/`` folder of ``ssit shards`` but no manifest is unfinished: listing it
+is refused (naming its tar files explicitly is not).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "MANIFEST_FORMAT",
+    "STATE_DIR",
     "PrepareError",
     "iter_samples",
     "list_shards",
@@ -37,6 +40,8 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = 1
+STATE_DIR = ".state"
+"""The folder ``ssit shards`` keeps its resume records and lock in, from its first moment."""
 
 
 class PrepareError(ValueError):
@@ -63,7 +68,8 @@ def list_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     """Tar shards named by a directory, a glob pattern, a single tar or a list of tar paths.
 
     A directory with a manifest lists its shards in manifest order, otherwise its ``*.tar``
-    files sorted by name. Raises :class:`PrepareError` when nothing is found.
+    files sorted by name. Raises :class:`PrepareError` when nothing is found, or when the
+    directory is an unfinished ``ssit shards`` output (its shards would be only part of the data).
     """
     if isinstance(spec, (str, Path)):
         text = str(spec)
@@ -71,6 +77,11 @@ def list_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
         if path.is_dir():
             if (path / "manifest.json").is_file():
                 shards = [path / s["name"] for s in read_manifest(path)["shards"]]
+            elif (path / STATE_DIR).is_dir():
+                raise PrepareError(
+                    f"{path} is an unfinished `ssit shards` output (no manifest.json): re-run "
+                    "`ssit shards` to finish it, or name its .tar files explicitly"
+                )
             else:
                 shards = sorted(path.glob("*.tar"))
             if not shards:

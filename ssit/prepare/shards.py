@@ -4,13 +4,15 @@ Besides the tar shards, their DALI indexes and ``manifest.json`` (described, and
 :mod:`ssit.prepare.shard_format`), the output directory holds::
 
     skipped.csv            file,reason for every image left out (and label rows without image)
-    .state/                one record per finished shard, used to resume an interrupted run
+    .state/                one record per finished shard, used to resume an interrupted run,
+                           and the lock that keeps a second run out while one writes
 
-The plan is fixed before any image is decoded: the sorted input files that have a usable id and
-(when labels are given) a grade are permuted with ``numpy.random.default_rng(seed)`` and cut into
-consecutive groups of ``shard_size``. Images that turn out to be unreadable are left out of their
-shard, so a shard may hold a few samples fewer than planned; everything stays deterministic and
-each shard can be finished, checked and reused on its own.
+The plan (:mod:`ssit.prepare.plan`) is fixed before any image is decoded: the sorted input files
+that have a usable id and (when labels are given) a grade are permuted with
+``numpy.random.default_rng(seed)`` and cut into consecutive groups of ``shard_size``. Images
+that turn out to be unreadable are left out of their shard, so a shard may hold a few samples
+fewer than planned; everything stays deterministic and each shard can be finished, checked and
+reused on its own.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ import json
 import logging
 import math
 import os
-import re
 import tarfile
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,8 +36,16 @@ from tqdm import tqdm
 from ssit.atomic_write import replace_json
 from ssit.prepare.crop import CROP_SIZE
 from ssit.prepare.decode import BadImageError
+from ssit.prepare.image_size import DEFAULT_MAX_PIXELS, oversize_reason
+from ssit.prepare.output_lock import hold_output_folder
+from ssit.prepare.plan import IMAGE_SUFFIXES, Labels, Plan, PlannedImage, make_plan, read_labels
 from ssit.prepare.sample import encode_sample, preprocess_image
-from ssit.prepare.shard_format import MANIFEST_FORMAT, PrepareError, write_dali_index
+from ssit.prepare.shard_format import (
+    MANIFEST_FORMAT,
+    STATE_DIR,
+    PrepareError,
+    write_dali_index,
+)
 from ssit.prepare.workers import available_cores, parallel_map
 
 __all__ = [
@@ -49,23 +58,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
-GRADES = range(5)
-GRADE_TEXTS = frozenset(str(grade) for grade in GRADES)
-_STATE_DIR = ".state"
 _TAR_MTIME = 0
-
-
-@dataclass(frozen=True)
-class Labels:
-    """Grades read from an EyePACS-style CSV (``image,level``)."""
-
-    path: Path
-    grades: dict[str, int]
-    problems: dict[str, str]
-    """Image id -> why its row could not be used (bad grade, conflicting rows)."""
-    lines: dict[str, int]
-    """Image id -> line number of its (first) row."""
 
 
 @dataclass(frozen=True)
@@ -101,16 +94,6 @@ class ShardReport:
         return line
 
 
-class _Task(NamedTuple):
-    path: str
-    source: str
-    key: str
-    grade: int | None
-    dataset: str
-    file_bytes: int
-    fast: bool
-
-
 class _Outcome(NamedTuple):
     source: str
     key: str
@@ -123,172 +106,26 @@ class _Outcome(NamedTuple):
     pixel_sumsq: tuple[int, int, int]
 
 
-@dataclass
-class _Plan:
-    dataset: str
-    shards: list[list[_Task]]
-    skipped: list[tuple[str, str]]
-    label_notes: list[tuple[str, str]]
-    fingerprints: list[str]
-
-    def name(self, index: int) -> str:
-        return f"{self.dataset}-{index:06d}"
-
-
-# ---------------------------------------------------------------- labels
-
-
-def read_labels(path: str | Path) -> Labels:
-    """Parse an EyePACS-style labels CSV (header ``image,level``, grades 0-4).
-
-    Raises :class:`PrepareError` if the file cannot be read or the header is wrong; bad rows
-    are kept as per-image problems so that only those images are skipped.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise PrepareError(f"labels file not found: {path}") from None
-    except IsADirectoryError:
-        raise PrepareError(f"labels path is a directory, not a CSV file: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise PrepareError(f"cannot read labels file {path}: {error}") from error
-    rows = csv.reader(text.splitlines())
-    header = [cell.strip().lower() for cell in next(rows, [])]
-    if header != ["image", "level"]:
-        raise PrepareError(
-            f"labels file {path} must start with the header 'image,level', got {','.join(header)!r}"
-        )
-    grades: dict[str, int] = {}
-    problems: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):
-        if not row or not "".join(row).strip():
-            continue
-        image = row[0].strip()
-        if not image:
-            continue
-        lines.setdefault(image, line)
-        if len(row) != 2:
-            problems[image] = f"labels line {line} has {len(row)} columns, expected 2"
-            continue
-        value = row[1].strip()
-        grade = int(value) if value in GRADE_TEXTS else -1
-        if grade not in GRADES:
-            problems[image] = f"labels line {line}: grade {value!r} is not an integer 0-4"
-        elif image in grades and grades[image] != grade:
-            problems[image] = f"conflicting grades for {image} ({grades[image]} and {grade})"
-        else:
-            grades.setdefault(image, grade)
-    for image in problems:
-        grades.pop(image, None)
-    return Labels(path, grades, problems, lines)
-
-
-# ---------------------------------------------------------------- planning
-
-
-def _scan_images(input_dir: Path, exclude: Path) -> list[Path]:
-    """Image files under ``input_dir`` (recursively, hidden entries and ``exclude`` left out)."""
-    found = []
-    for root, dirs, files in os.walk(input_dir):
-        root_path = Path(root)
-        dirs[:] = [
-            d for d in dirs if not d.startswith(".") and (root_path / d).resolve() != exclude
-        ]
-        found.extend(
-            root_path / name
-            for name in files
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
-        )
-    return sorted(found, key=lambda p: p.relative_to(input_dir).as_posix())
-
-
-def _make_plan(
-    input_dir: Path,
-    out_dir: Path,
-    labels: Labels | None,
-    dataset: str,
-    shard_size: int,
-    seed: int,
-    fast: bool,
-) -> _Plan:
-    files = _scan_images(input_dir, out_dir.resolve())
-    if not files:
-        raise PrepareError(
-            f"no images found in {input_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
-    tasks: list[_Task] = []
-    skipped: list[tuple[str, str]] = []
-    owner: dict[str, str] = {}
-    used_ids: set[str] = set()
-    for path in files:
-        source = path.relative_to(input_dir).as_posix()
-        image_id = path.stem
-        # Dots would split the key from its extensions and whitespace would break the DALI index.
-        key = re.sub(r"[.\s]", "_", image_id)
-        if key in owner:
-            skipped.append((source, f"duplicate image id {key!r} (already used by {owner[key]})"))
-            continue
-        owner[key] = source
-        grade = None
-        if labels is not None:
-            label_id = next((i for i in (image_id, path.name) if i in labels.lines), None)
-            if label_id is None:
-                skipped.append((source, f"no label row in {labels.path.name}"))
-                continue
-            used_ids.add(label_id)
-            if label_id in labels.problems:
-                skipped.append((source, labels.problems[label_id]))
-                continue
-            grade = labels.grades[label_id]
-        tasks.append(_Task(str(path), source, key, grade, dataset, path.stat().st_size, fast))
-    if not tasks:
-        reason = skipped[0][1] if skipped else "no usable image"
-        raise PrepareError(
-            f"none of the {len(files)} images in {input_dir} can be used (first: {reason})"
-        )
-    label_notes = []
-    if labels is not None:
-        for image_id, line in sorted(labels.lines.items(), key=lambda item: item[1]):
-            if image_id not in used_ids:
-                label_notes.append(
-                    (f"{labels.path.name}:{line}", f"label row for {image_id!r} has no image")
-                )
-    order = [int(i) for i in np.random.default_rng(seed).permutation(len(tasks))]
-    shuffled = [tasks[i] for i in order]
-    shards = [shuffled[i : i + shard_size] for i in range(0, len(shuffled), shard_size)]
-    fingerprints = [_fingerprint(shard) for shard in shards]
-    return _Plan(dataset, shards, skipped, label_notes, fingerprints)
-
-
-def _fingerprint(tasks: Sequence[_Task]) -> str:
-    """Identity of a planned shard: its inputs (with size and mtime) and the processing format."""
-    entries = [
-        [t.source, t.key, t.grade, t.dataset, t.file_bytes, Path(t.path).stat().st_mtime_ns]
-        for t in tasks
-    ]
-    recipe = "fast" if tasks and tasks[0].fast else "paper"
-    payload = json.dumps({"format": MANIFEST_FORMAT, "crop": CROP_SIZE, "recipe": recipe,
-                          "samples": entries})
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 # ---------------------------------------------------------------- per-image work (in workers)
 
 
-def _process(task: _Task) -> _Outcome:
+def _skip(task: PlannedImage, reason: str) -> _Outcome:
+    return _Outcome(task.source, task.key, task.grade, None, reason, None, False,
+                    (0, 0, 0), (0, 0, 0))
+
+
+def _process(task: PlannedImage, max_pixels: int) -> _Outcome:
     """Turn one planned image into a sample, or into a skip reason; never raises."""
+    too_large = oversize_reason(task.path, max_pixels)
+    if too_large is not None:
+        return _skip(task, too_large)
     try:
         item = preprocess_image(task.path, CROP_SIZE, fast=task.fast)
         members = encode_sample(item, source=task.source, grade=task.grade, dataset=task.dataset)
     except BadImageError as error:
-        return _Outcome(task.source, task.key, task.grade, None, str(error), None, False,
-                        (0, 0, 0), (0, 0, 0))
+        return _skip(task, str(error))
     except Exception as error:  # one bad file must never stop the run
-        reason = f"unexpected error: {type(error).__name__}: {error}"
-        return _Outcome(task.source, task.key, task.grade, None, reason, None, False,
-                        (0, 0, 0), (0, 0, 0))
+        return _skip(task, f"unexpected error: {type(error).__name__}: {error}")
     pixels = item.crop.reshape(-1, 3).astype(np.int64)
     pixel_sum = tuple(int(v) for v in pixels.sum(axis=0))
     pixel_sumsq = tuple(int(v) for v in np.einsum("ij,ij->j", pixels, pixels))
@@ -415,7 +252,7 @@ class _BytesReader:
 
 
 def _state_path(out_dir: Path, name: str) -> Path:
-    return out_dir / _STATE_DIR / f"{name}.json"
+    return out_dir / STATE_DIR / f"{name}.json"
 
 
 def _complete_record(out_dir: Path, name: str, fingerprint: str) -> dict[str, Any] | None:
@@ -436,9 +273,9 @@ def _complete_record(out_dir: Path, name: str, fingerprint: str) -> dict[str, An
     return record
 
 
-def _remove_leftovers(out_dir: Path, plan: _Plan) -> None:
+def _remove_leftovers(out_dir: Path, plan: Plan) -> None:
     """Delete unfinished temporary files and shards of this dataset beyond the current plan."""
-    for tmp in [*out_dir.glob("*.tmp"), *(out_dir / _STATE_DIR).glob("*.tmp")]:
+    for tmp in [*out_dir.glob("*.tmp"), *(out_dir / STATE_DIR).glob("*.tmp")]:
         tmp.unlink()
     for path in sorted(out_dir.glob(f"{plan.dataset}-*")):
         stem = path.name.split(".", 1)[0]
@@ -458,17 +295,20 @@ def write_shards(
     shard_size: int = 1000,
     jobs: int | None = None,
     seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     fast: bool = False,
 ) -> ShardReport:
     """Crop every photograph under ``input_dir``, compute its saliency map and write shards.
 
     ``labels`` is an EyePACS-style CSV (``image,level``); images without a row are then skipped.
-    Re-running after an interruption keeps every finished shard and redoes only the rest; the
-    result is byte-identical to an uninterrupted run. The default per-image recipe is the SSiT
-    authors' (see :mod:`ssit.prepare.sample`); ``fast=True`` trades exactness for speed.
-    Arguments are checked before any work and
-    problems raise :class:`PrepareError`; bad images are skipped and listed in ``skipped.csv``.
+    Images of more than ``max_pixels`` pixels are skipped before decoding. One run at a time
+    may write to ``out_dir``: another one is refused while this one holds it. Re-running
+    after an interruption keeps every finished shard and redoes only the rest; the result is
+    byte-identical to an uninterrupted run. Arguments are checked before any work and problems
+    raise :class:`PrepareError`; bad images are skipped and listed in ``skipped.csv``. The
+    default per-image recipe is the SSiT authors' (see :mod:`ssit.prepare.sample`); ``fast=True``
+    trades exactness for speed.
     """
     input_path, out_path = Path(input_dir), Path(out_dir)
     if not input_path.is_dir():
@@ -481,10 +321,19 @@ def write_shards(
         raise PrepareError(f"shard size must be at least 1, got {shard_size}")
     if jobs is not None and jobs < 1:
         raise PrepareError(f"jobs must be at least 1, got {jobs}")
+    if max_pixels < 1:
+        raise PrepareError(f"max_pixels must be at least 1, got {max_pixels}")
     label_table = read_labels(labels) if labels is not None else None
-    plan = _make_plan(input_path, out_path, label_table, dataset, shard_size, seed, fast)
+    plan = make_plan(input_path, out_path, label_table, dataset, shard_size, seed, fast)
+    with hold_output_folder(out_path):
+        return _write_planned(out_path, plan, label_table is not None, jobs, seed, max_pixels,
+                              progress, fast)
 
-    (out_path / _STATE_DIR).mkdir(parents=True, exist_ok=True)
+
+def _write_planned(
+    out_path: Path, plan: Plan, has_labels: bool, jobs: int | None, seed: int,
+    max_pixels: int, progress: bool, fast: bool,
+) -> ShardReport:
     _remove_leftovers(out_path, plan)
     records: dict[int, dict[str, Any]] = {}
     for index, fingerprint in enumerate(plan.fingerprints):
@@ -494,23 +343,25 @@ def write_shards(
     pending = [i for i in range(len(plan.shards)) if i not in records]
     logger.info(
         "%d images in %d shards of up to %d (%d already complete), %d skipped before decoding",
-        sum(len(s) for s in plan.shards), len(plan.shards), shard_size, len(records),
+        sum(len(s) for s in plan.shards), len(plan.shards), max(map(len, plan.shards)),
+        len(records),
         len(plan.skipped),
     )
     if pending:
         (out_path / "manifest.json").unlink(missing_ok=True)
         tasks = [task for i in pending for task in plan.shards[i]]
         workers = max(1, min(jobs or available_cores(), len(tasks)))
-        records.update(_run(out_path, plan, pending, tasks, workers, progress))
+        records.update(_run(out_path, plan, pending, tasks, workers, max_pixels, progress))
 
-    report = _finish(out_path, plan, records, seed, label_table is not None,
+    report = _finish(out_path, plan, records, seed, has_labels,
                      reused=len(plan.shards) - len(pending), fast=fast)
     logger.debug("%s", report.summary())
     return report
 
 
 def _run(
-    out_dir: Path, plan: _Plan, pending: list[int], tasks: list[_Task], jobs: int, progress: bool
+    out_dir: Path, plan: Plan, pending: list[int], tasks: list[PlannedImage], jobs: int,
+    max_pixels: int, progress: bool,
 ) -> dict[int, dict[str, Any]]:
     records: dict[int, dict[str, Any]] = {}
     queue = iter(pending)
@@ -519,7 +370,8 @@ def _run(
     with tqdm(total=len(tasks), desc=f"shards {plan.dataset}", unit="img",
               disable=not progress) as bar:
         try:
-            for outcome in parallel_map(_process, tasks, jobs):
+            process = partial(_process, max_pixels=max_pixels)
+            for outcome in parallel_map(process, tasks, jobs, describe=_shown_path):
                 if writer is None:
                     index = next(queue)
                     writer = _ShardWriter(out_dir, plan.name(index), plan.fingerprints[index],
@@ -539,9 +391,13 @@ def _run(
     return records
 
 
+def _shown_path(task: PlannedImage) -> str:
+    return task.source
+
+
 def _finish(
     out_dir: Path,
-    plan: _Plan,
+    plan: Plan,
     records: dict[int, dict[str, Any]],
     seed: int,
     has_labels: bool,
@@ -551,7 +407,7 @@ def _finish(
     """Write ``skipped.csv`` and ``manifest.json`` from the shard records."""
     ordered = [records[i] for i in range(len(plan.shards))]
     skipped = sorted(plan.skipped + [tuple(s) for r in ordered for s in r["skipped"]])
-    with (out_dir / "skipped.csv.tmp").open("w", newline="") as handle:
+    with (out_dir / "skipped.csv.tmp").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["file", "reason"])
         writer.writerows(skipped)

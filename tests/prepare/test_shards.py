@@ -280,6 +280,10 @@ def test_resumes_after_being_killed(small_raw, small_shards, tmp_path):
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
     finished = sorted(p.name for p in out.glob("*.tar"))
     assert finished and len(finished) < 4
+    with pytest.raises(PrepareError, match=r"unfinished .* re-run `ssit shards`"):
+        list_shards(out)  # a third of the data must not pass for all of it
+    assert list_shards([out / name for name in finished]) == [out / n for n in finished]
+    assert list_shards(str(out / "*.tar")) == [out / n for n in finished]
     before = {n: ((out / n).stat().st_ino, (out / n).stat().st_mtime_ns) for n in finished}
 
     report = write_shards(small_raw, out, labels=small_raw / "labels.csv", dataset="small",

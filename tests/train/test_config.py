@@ -106,6 +106,15 @@ def test_missing_shards_are_refused(tmp_path):
     assert "no .tar shards" in _refused(_demo(empty))
 
 
+def test_half_written_shard_folder_is_refused(demo_shards, tmp_path):
+    shards = tmp_path / "demo"
+    shutil.copytree(demo_shards, shards)
+    (shards / "manifest.json").unlink()  # as an interrupted `ssit shards` leaves it
+    message = _refused(_demo(shards))
+    assert "no manifest.json" in message and "re-run `ssit shards`" in message
+    validate_pretrain_config(_demo(shards / "demo-00000[01].tar", "optim.batch_size=4"), 1)
+
+
 def test_batch_not_divisible_by_ranks_is_refused(demo_shards):
     message = _refused(_demo(demo_shards, "optim.batch_size=16"), world_size=3)
     assert message == "optim.batch_size=16 is not divisible by the 3 ranks"
