@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssit.model import SSiT
-from ssit.model.selection import num_kept_patches
+from ssit.methods.selection import num_kept_patches
+from ssit.methods.ssit import SSiT
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,16 @@ def make_batch(batch: int, device: str = "cpu", seed: int = 0) -> tuple[torch.Te
     return tuple(t.to(device) for t in (x1, x2, m1, m2))
 
 
+def step_losses(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """``(loss_cl, loss_ss)`` of one step: EMA update, then the forward pass."""
+    if not isinstance(model, SSiT):
+        return model(*batch, momentum=MOMENTUM)
+    x1, x2, m1, m2 = batch
+    model.update_momentum_encoder(MOMENTUM)
+    losses = model([x1, x2], [m1, m2])
+    return losses["cl"], losses["ss"]
+
+
 def make_step(model: nn.Module, fused: bool = False, autocast: str | None = None) -> Callable:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, fused=fused or None)
@@ -220,7 +230,7 @@ def make_step(model: nn.Module, fused: bool = False, autocast: str | None = None
         optimizer.zero_grad(set_to_none=True)
         device = batch[0].device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast is not None):
-            loss_cl, loss_ss = model(*batch, momentum=MOMENTUM)
+            loss_cl, loss_ss = step_losses(model, batch)
         (loss_cl + 10 * loss_ss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -234,7 +244,7 @@ def flops_per_sample(model: SSiT, device: str = "cpu", batch: int = 4) -> float:
     probe = copy.deepcopy(model).to(device)
     counter = FlopCounterMode(display=False)
     with counter:
-        loss_cl, loss_ss = probe(*make_batch(batch, device), momentum=MOMENTUM)
+        loss_cl, loss_ss = step_losses(probe, make_batch(batch, device))
         (loss_cl + loss_ss).backward()
     return counter.get_total_flops() / batch
 
@@ -358,8 +368,8 @@ def format_section(cpu: dict[str, object], gpu_rows: list[dict[str, object]] | N
     wall, cpu_time, losses, batch = cpu["wall"], cpu["cpu"], cpu["losses"], cpu["batch"]
     labels = {
         "reference": "reference (original), fp32",
-        "ours": "ssit.model.SSiT, fp32",
-        "ours_bf16": "ssit.model.SSiT, bf16 autocast",
+        "ours": "ssit.methods.ssit.SSiT, fp32",
+        "ours_bf16": "ssit.methods.ssit.SSiT, bf16 autocast",
     }
     lines = [
         f"ViT-S/16 at {IMG_SIZE}, batch {batch}, forward + backward + AdamW step (clip 1.0) on"

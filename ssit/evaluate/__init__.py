@@ -1,9 +1,9 @@
 """Grading: how well an encoder's features grade diabetic retinopathy.
 
 Settings (``config``), datasets in their distributed layouts (``datasets``), cached fundus
-crops (``crops``) and transforms (``transforms``), the encoder under test (``encoder``), device
-and precision (``precision``), inference over a loader (``inference``), the fine-tune /
-linear-probe loop (``finetune``), kNN (``knn``), metrics (``metrics``), reports (``report``),
-the job run per (dataset, protocol) (``job``), its submission (``submit``) and ``ssit export``
-(``export``).
+crops (``crops``) and transforms (``transforms``), the encoder under test (``encoder``) and
+which backbone it is (``architecture``), device and precision (``precision``), inference over a
+loader (``inference``), the fine-tune / linear-probe loop (``finetune``), kNN (``knn``), metrics
+(``metrics``), reports (``report``), the job run per (dataset, protocol) (``job``), its
+submission (``submit``) and ``ssit export`` (``export``).
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ssit.backbones.config import BACKBONE_CONFIGS
 from ssit.evaluate.metrics import REGRESSION_THRESHOLDS
 from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
@@ -20,11 +21,21 @@ Dataset = Literal["eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards"
 Protocol = Literal["finetune", "linear", "knn"]
 
 
+RANDOM_ENCODER = "random"
+AUTO_BACKBONE = "auto"
+
+
 @dataclass
 class EncoderConfig:
-    """Which backbone to grade and at what input size."""
+    """Which backbone to grade and at what input size.
 
-    checkpoint: str = "random"  # SSiT checkpoint, exported .safetensors file, or "random"
+    ``backbone: auto`` takes the kind, ``arch`` and ``model_kwargs`` recorded in the checkpoint
+    or exported file (the values here are defaults, see :mod:`ssit.evaluate.architecture`);
+    ``vit`` or ``cnn`` uses ``arch`` and ``model_kwargs`` exactly as given.
+    """
+
+    checkpoint: str = RANDOM_ENCODER  # training checkpoint, exported .safetensors, or "random"
+    backbone: str = AUTO_BACKBONE  # auto, or a backbone kind: vit, cnn
     arch: str = "vit_small_patch16_224"
     branch: Literal["query", "momentum"] = "query"
     img_size: int = 384
@@ -35,6 +46,10 @@ class EncoderConfig:
             raise ValueError("encoder.checkpoint is empty (give a checkpoint path or 'random')")
         if self.img_size < 16:
             raise ValueError(f"encoder.img_size must be at least 16, got {self.img_size}")
+        kinds = (AUTO_BACKBONE, *BACKBONE_CONFIGS)
+        if self.backbone not in kinds:
+            raise ValueError(f"encoder.backbone must be one of {', '.join(kinds)}, "
+                             f"got {self.backbone!r}")
 
 
 @dataclass

@@ -1,76 +1,79 @@
 """The encoder under evaluation and the regression model built on it.
 
-An encoder is a timm ViT (``num_classes=0``) at the grading input size, from an SSiT checkpoint
-(query or momentum branch), from a ``.safetensors`` file written by ``ssit export``, or randomly
-initialised (``random``, the floor every pre-training must beat).
+An encoder is a registered backbone (a timm ViT or CNN, ``num_classes=0``) at the grading input
+size: one branch of a training checkpoint of any method, a ``.safetensors`` file written by
+``ssit export``, or randomly initialised (``random``, the floor every pre-training must beat).
+Its kind says which features kNN and the regression head read (:mod:`ssit.backbones.registry`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors import safe_open
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ssit.evaluate.config import EncoderConfig
-from ssit.evaluate.export import saved_model_config
-from ssit.model.backbone import create_vit, extract_backbone
-from ssit.model.checkpoint import read_checkpoint
+from ssit.backbones import (
+    BackboneConfig,
+    BackboneKind,
+    CheckpointError,
+    backbone_kind,
+    extract_backbone,
+)
+from ssit.evaluate.architecture import (
+    EncoderError,
+    EncoderSource,
+    backbone_config,
+    load_encoder_source,
+    resolve_encoder,
+)
+from ssit.evaluate.config import RANDOM_ENCODER, EncoderConfig
 
 LOGGER = logging.getLogger(__name__)
-RANDOM_ENCODER = "random"
 
 
-class EncoderError(ValueError):
-    """An encoder that cannot be built; one line for the user."""
+@dataclass
+class Encoder:
+    """A backbone network, its kind (which features to read) and the config it was built from."""
+
+    model: nn.Module
+    kind: BackboneKind
+    config: BackboneConfig
+
+    def to(self, device: torch.device | str) -> Encoder:
+        """Move the network to ``device`` (in place) and return ``self``."""
+        self.model.to(device)
+        return self
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled feature (ViT: class token; CNN: globally pooled map), what kNN reads."""
+        return self.kind.pooled(self.model, images)
 
 
-def exported_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata stored in a ``.safetensors`` file (empty when it has none)."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except Exception as error:  # safetensors raises its own error types for malformed files
-        raise EncoderError(f"cannot read {path}: {error}") from None
+def create_encoder(cfg: EncoderConfig, source: EncoderSource | None = None) -> Encoder:
+    """Build the backbone of ``cfg`` at ``cfg.img_size`` with its checkpoint's weights.
 
-
-def create_encoder(cfg: EncoderConfig) -> VisionTransformer:
-    """Build the ViT backbone named by ``cfg`` at ``cfg.img_size`` (pos-embed resized).
-
-    The architecture recorded in an exported file or a training checkpoint must match
-    ``cfg.arch``; its ``model_kwargs``/``encoder_kwargs`` apply under ``cfg.model_kwargs``.
+    ``source`` is the already read ``cfg.checkpoint`` (read here when not given). With
+    ``backbone: auto`` the architecture recorded in the checkpoint wins over ``cfg``'s.
     """
     try:
-        if cfg.checkpoint == RANDOM_ENCODER:
-            LOGGER.info("encoder: randomly initialised %s", cfg.arch)
-            return create_vit(cfg.arch, cfg.img_size, encoder_kwargs=cfg.model_kwargs)
-        path = Path(cfg.checkpoint).expanduser()
-        if not path.is_file():
-            raise EncoderError(f"encoder checkpoint {path} does not exist")
-        if path.suffix == ".safetensors":
-            metadata = exported_metadata(path)
-            arch = metadata.get("arch")
-            saved_kwargs = json.loads(metadata.get("model_kwargs") or "{}")
-            source: Path | Mapping[str, Any] = path
-        else:
-            source = read_checkpoint(path)
-            saved = saved_model_config(source)
-            arch, saved_kwargs = saved.get("arch"), saved.get("encoder_kwargs") or {}
-        if arch and arch != cfg.arch:
-            raise EncoderError(f"{path.name} holds a {arch} backbone; set encoder.arch={arch} "
-                               f"(or --arch {arch})")
-        LOGGER.info("encoder: %s branch of %s (%s)", cfg.branch, path, cfg.arch)
-        kwargs = {**saved_kwargs, **cfg.model_kwargs}
-        return extract_backbone(source, cfg.arch, cfg.img_size, cfg.branch, encoder_kwargs=kwargs)
+        if source is None:
+            source = load_encoder_source(cfg.checkpoint)
+        resolved = resolve_encoder(cfg, source)
+        backbone = backbone_config(resolved)
+        kind = backbone_kind(backbone.name)
+        if source is None:
+            LOGGER.info("encoder: randomly initialised %s (%s)", resolved.arch, backbone.name)
+            return Encoder(kind.build(backbone), kind, backbone)
+        LOGGER.info("encoder: %s branch of %s (%s %s)", cfg.branch, source.path, resolved.arch,
+                    resolved.model_kwargs)
+        model = extract_backbone(source.contents, backbone, resolved.branch)
+        return Encoder(model, kind, backbone)
     except EncoderError:
         raise
-    except (ValueError, TypeError) as error:
+    except (CheckpointError, ValueError, TypeError) as error:
         raise EncoderError(f"cannot build the encoder: {error}") from None
 
 
@@ -82,24 +85,21 @@ def describe_encoder(cfg: EncoderConfig) -> str:
     return name if cfg.branch == "query" else f"{name}:{cfg.branch}"
 
 
-def class_token(backbone: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    """The normalised class token of the final layer (the kNN feature)."""
-    return backbone.forward_features(images)[:, 0]
-
-
 class GradingModel(nn.Module):
-    """ViT backbone + linear regression head on [class token, mean patch token].
+    """Backbone + linear regression head on the kind's grading features.
 
-    With ``freeze_backbone`` (linear probe) the backbone has no gradients and stays in eval mode.
+    ViTs give [class token, mean patch token], CNNs their pooled feature. With
+    ``freeze_backbone`` (linear probe) the backbone has no gradients and stays in eval mode.
     """
 
     def __init__(
-        self, backbone: VisionTransformer, freeze_backbone: bool, head_init_std: float = 0.01
+        self, encoder: Encoder, freeze_backbone: bool, head_init_std: float = 0.01
     ) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone = encoder.model
+        self.kind = encoder.kind
         self.freeze_backbone = freeze_backbone
-        self.head = nn.Linear(2 * backbone.embed_dim, 1)
+        self.head = nn.Linear(encoder.kind.grading_dim(encoder.model), 1)
         nn.init.normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
         if freeze_backbone:
@@ -112,13 +112,10 @@ class GradingModel(nn.Module):
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Class token concatenated with the mean of the patch tokens."""
+        """The features the head reads (no gradients into a frozen backbone)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            tokens = self.backbone.forward_features(images)
-        patches = tokens[:, self.backbone.num_prefix_tokens :]
-        return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=1)
+            return self.kind.grading_features(self.backbone, images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted grade as a continuous score, shape (batch,)."""
         return self.head(self.features(images).float()).squeeze(1)
-

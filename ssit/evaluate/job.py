@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import random
@@ -24,6 +25,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from ssit.config import ConfigError, save_config
+from ssit.evaluate.architecture import (
+    EncoderError,
+    EncoderSource,
+    check_encoder,
+    load_encoder_source,
+    resolve_encoder,
+)
 from ssit.evaluate.config import GradeConfig
 from ssit.evaluate.datasets import (
     LAYOUTS,
@@ -34,24 +42,24 @@ from ssit.evaluate.datasets import (
     class_counts,
     load_grading_data,
 )
-from ssit.evaluate.encoder import GradingModel, create_encoder, describe_encoder
+from ssit.evaluate.encoder import Encoder, GradingModel, create_encoder, describe_encoder
 from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
-from ssit.evaluate.knn import extract_class_tokens, knn_grade
+from ssit.evaluate.knn import extract_pooled_features, knn_grade
 from ssit.evaluate.metrics import grades_from_scores
 from ssit.evaluate.precision import resolve_device
 from ssit.evaluate.report import draw_confusion_matrix, json_ready, result_table, write_json
 from ssit.evaluate.transforms import eval_transform, train_transform
-from ssit.model.backbone import create_vit
 from ssit.train.config import resolve_precision
 
 LOGGER = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 
 
-def validate_grading_config(cfg: GradeConfig) -> None:
+def validate_grading_config(cfg: GradeConfig, source: EncoderSource | None = None) -> None:
     """Check all that can be checked before submission: the dataset's layout (labels and
-    images present), the checkpoint, and that the encoder can be built.
+    images present), the checkpoint, and that the encoder can be built and its weights fit.
 
+    ``source`` is ``cfg.encoder.checkpoint`` already read (read here when not given).
     Raises ConfigError with one line.
     """
     if not cfg.data.path:
@@ -68,11 +76,11 @@ def validate_grading_config(cfg: GradeConfig) -> None:
     if checkpoint != "random" and not Path(checkpoint).expanduser().is_file():
         raise ConfigError(f"encoder.checkpoint {checkpoint} does not exist (or use 'random')")
     try:
-        with torch.device("meta"):
-            create_vit(cfg.encoder.arch, cfg.encoder.img_size,
-                       encoder_kwargs=cfg.encoder.model_kwargs)
-    except (ValueError, TypeError, RuntimeError) as error:
-        raise ConfigError(f"encoder.arch {cfg.encoder.arch}: {error}") from None
+        if source is None:
+            source = load_encoder_source(checkpoint)
+        check_encoder(cfg.encoder, source)
+    except EncoderError as error:
+        raise ConfigError(str(error)) from None
 
 
 def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -86,7 +94,6 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
         LOGGER.info("%s exists; returning the finished results", done)
         return json.loads(done.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     with _log_to(out_dir / "grade.log"):
         started = time.time()
         _seed_everything(cfg.train.seed)
@@ -95,7 +102,11 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
         LOGGER.info("grading %s with %s on %s (%s, %s)", cfg.data.dataset, cfg.train.protocol,
                     cfg.encoder.checkpoint, device, precision)
         splits = load_grading_data(cfg.data, out_dir)
-        backbone = create_encoder(cfg.encoder).to(device)
+        source = load_encoder_source(cfg.encoder.checkpoint)
+        cfg = dataclasses.replace(cfg, encoder=resolve_encoder(cfg.encoder, source))
+        save_config(cfg, out_dir / "config.yaml")
+        backbone = create_encoder(cfg.encoder, source).to(device)
+        del source
         if cfg.train.protocol == "knn":
             outcome = _run_knn(cfg, backbone, splits, device, precision, out_dir)
         else:
@@ -104,6 +115,7 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
             "dataset": cfg.data.dataset,
             "protocol": cfg.train.protocol,
             "encoder": describe_encoder(cfg.encoder),
+            "backbone": cfg.encoder.backbone,
             "arch": cfg.encoder.arch,
             "img_size": cfg.encoder.img_size,
             "data": cfg.data.path,
@@ -137,7 +149,7 @@ class GradingJob(submitit.helpers.Checkpointable):
 
 
 def _run_regression(
-    cfg: GradeConfig, backbone: torch.nn.Module, splits: dict[str, list[GradedImage]],
+    cfg: GradeConfig, backbone: Encoder, splits: dict[str, list[GradedImage]],
     device: torch.device, precision: str, out_dir: Path,
 ) -> dict[str, Any]:
     data, train = cfg.data, cfg.train
@@ -162,12 +174,12 @@ def _run_regression(
 
 
 def _run_knn(
-    cfg: GradeConfig, backbone: torch.nn.Module, splits: dict[str, list[GradedImage]],
+    cfg: GradeConfig, backbone: Encoder, splits: dict[str, list[GradedImage]],
     device: torch.device, precision: str, out_dir: Path,
 ) -> dict[str, Any]:
     plain = eval_transform(cfg.encoder.img_size, cfg.data.mean, cfg.data.std)
     features = {
-        name: extract_class_tokens(
+        name: extract_pooled_features(
             backbone, _loader(splits[name], plain, cfg.train.eval_batch_size, False, cfg, device),
             device, precision, desc=f"{name} features")
         for name in SPLITS

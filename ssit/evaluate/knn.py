@@ -1,4 +1,4 @@
-"""Weighted k-nearest-neighbour grading on class-token features.
+"""Weighted k-nearest-neighbour grading on the encoder's pooled features (ViT: class token).
 
 Each query votes over its k most cosine-similar training images, every neighbour weighing
 ``exp(similarity / T)`` for its grade; the prediction is the grade with the largest vote and the
@@ -7,17 +7,15 @@ vote shares serve as class probabilities (their grade >= 2 part is the referable
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader
 
-from ssit.evaluate.encoder import class_token
+from ssit.evaluate.encoder import Encoder
 from ssit.evaluate.inference import collect_outputs
 from ssit.evaluate.metrics import NUM_GRADES, REFERABLE_GRADE, grading_metrics
 
@@ -62,13 +60,13 @@ def knn_classify(
     return probs.argmax(dim=1), probs
 
 
-def extract_class_tokens(
-    backbone: VisionTransformer, loader: DataLoader, device: torch.device, precision: str,
+def extract_pooled_features(
+    encoder: Encoder, loader: DataLoader, device: torch.device, precision: str,
     desc: str = "features",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-token features (float32, on CPU) and grades of every image of ``loader``."""
-    return collect_outputs(backbone, loader, device, precision,
-                           forward=functools.partial(class_token, backbone), desc=desc)
+    """Pooled features (float32, on CPU) and grades of every image of ``loader``."""
+    return collect_outputs(encoder.model, loader, device, precision, forward=encoder.pooled,
+                           desc=desc)
 
 
 def knn_evaluate(

@@ -29,7 +29,8 @@ from ssit.cluster.executor import (
 )
 from ssit.config import ConfigError, load_config
 from ssit.error_text import last_line
-from ssit.evaluate.config import DATASETS, PROTOCOLS, GradeConfig
+from ssit.evaluate.architecture import EncoderSource, load_encoder_source, resolve_encoder
+from ssit.evaluate.config import DATASETS, PROTOCOLS, RANDOM_ENCODER, EncoderConfig, GradeConfig
 from ssit.evaluate.job import RESULTS_FILE, GradingJob, validate_grading_config
 from ssit.evaluate.report import summary_table, write_json
 
@@ -72,11 +73,13 @@ class GradingPlan:
 def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option of the grading launcher to ``parser``."""
     parser.add_argument(
-        "--checkpoint", help="SSiT checkpoint, .safetensors file from 'ssit export', or 'random'"
+        "--checkpoint",
+        help="training checkpoint, .safetensors file from 'ssit export', or 'random'",
     )
-    parser.add_argument("--arch", help="timm architecture (default: encoder.arch of the config)")
+    parser.add_argument("--arch", help="timm architecture (default: the one the checkpoint "
+                        "records, else encoder.arch of the config)")
     parser.add_argument("--branch", choices=("query", "momentum"),
-                        help="which SSiT encoder to grade (default: query)")
+                        help="which encoder of the checkpoint to grade (default: query)")
     parser.add_argument("--dataset", nargs="+", metavar="NAME",
                         help=f"one or more of {', '.join(DATASETS)}")
     parser.add_argument("--data", nargs="+", type=Path, metavar="PATH",
@@ -121,11 +124,12 @@ def plan_grading(args: argparse.Namespace) -> GradingPlan:
     run_dir = (args.output or default_run_dir("grade")).expanduser().absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise LaunchError(f"--output {run_dir} exists and is not a folder")
+    encoder, source = _resolved_encoder(base.encoder, args)
     tasks = []
     for dataset, path in zip(args.dataset, args.data, strict=True):
         for protocol in args.protocol:
-            config = _job_config(base, args, dataset, path, protocol)
-            validate_grading_config(config)
+            config = _job_config(base, encoder, args, dataset, path, protocol)
+            validate_grading_config(config, source)
             name = f"{dataset}-{protocol}"
             tasks.append(GradingTask(name, config, run_dir / name))
     cpus = args.cpus_per_task if args.cpus_per_task is not None else base.data.num_workers + 2
@@ -210,17 +214,40 @@ def _collect_overrides(args: argparse.Namespace) -> argparse.Namespace:
     })
 
 
-def _job_config(
-    base: GradeConfig, args: argparse.Namespace, dataset: str, path: Path, protocol: str
-) -> GradeConfig:
-    encoder = base.encoder
+def _resolved_encoder(
+    encoder: EncoderConfig, args: argparse.Namespace
+) -> tuple[EncoderConfig, EncoderSource | None]:
+    """The encoder options with ``--checkpoint``, ``--arch`` and ``--branch`` applied and the
+    checkpoint's recorded architecture in place of the config's defaults (the checkpoint read
+    once, for every job's checks)."""
     checkpoint = args.checkpoint
-    if checkpoint != "random":
+    if checkpoint != RANDOM_ENCODER:
         checkpoint = str(Path(checkpoint).expanduser().absolute())
     try:
         encoder = dataclasses.replace(encoder, checkpoint=checkpoint,
                                       arch=args.arch or encoder.arch,
                                       branch=args.branch or encoder.branch)
+        source = load_encoder_source(checkpoint)
+        return resolve_encoder(encoder, source, _explicit_encoder_keys(args)), source
+    except ValueError as error:  # EncoderError included
+        raise ConfigError(str(error)) from None
+
+
+def _explicit_encoder_keys(args: argparse.Namespace) -> set[str]:
+    """Encoder keys set on the command line (``--arch``, ``encoder.<key>=...`` overrides)."""
+    keys = {"arch"} if args.arch else set()
+    for override in args.overrides:
+        key = override.split("=", 1)[0].strip()
+        if key.startswith("encoder."):
+            keys.add(key.removeprefix("encoder."))
+    return keys
+
+
+def _job_config(
+    base: GradeConfig, encoder: EncoderConfig, args: argparse.Namespace, dataset: str,
+    path: Path, protocol: str,
+) -> GradeConfig:
+    try:
         data = dataclasses.replace(base.data, dataset=dataset,
                                    path=str(path.expanduser().absolute()))
         train = dataclasses.replace(base.train, protocol=protocol,

@@ -1,96 +1,126 @@
-"""Extracting the pre-trained backbone as a plain timm ViT for grading."""
+"""The ViT backbone: creation checks, extraction from a method checkpoint, grading features."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from ssit.model import CheckpointError, backbone_state_dict, extract_backbone
-from tests.model.conftest import TINY_ARCH, TINY_ENCODER, views
+from ssit.backbones import (
+    CheckpointError,
+    backbone_kind,
+    backbone_state_dict,
+    extract_backbone,
+    fit_backbone_state,
+)
+from ssit.backbones.vit import VIT, create_vit
+
+from .conftest import TINY_CNN, TINY_VIT, features, method_checkpoint
 
 
-@pytest.fixture
-def pretrained(make_ssit):
-    """A tiny SSiT at 32x32 after one step, so the two branches differ."""
-    model = make_ssit(img_size=32)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    loss_cl, loss_ss = model(*views(size=32), momentum=0.5)
-    (loss_cl + loss_ss).backward()
-    optimizer.step()
-    return model.eval()
+@pytest.fixture(scope="module")
+def checkpoint(vit_branches):
+    """A ViT method checkpoint whose query backbone keeps a projector as ``head.*``."""
+    query, momentum = vit_branches
+    saved = method_checkpoint(query, momentum, dataclasses.asdict(TINY_VIT), "ssit")
+    saved["model"]["base_encoder.head.0.weight"] = torch.randn(16, 48)
+    return saved
 
 
-def features(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model.forward_features(x)
+def test_backbone_state_dict_strips_the_branch_prefix(checkpoint, vit_branches) -> None:
+    query, momentum = vit_branches
+    state = backbone_state_dict(checkpoint)
+    assert "patch_embed.proj.weight" in state and "head.0.weight" in state
+    assert not any(key.startswith(("projector", "base_encoder")) for key in state)
+    assert torch.equal(state["norm.weight"], query.norm.weight)
+    other = backbone_state_dict(checkpoint, branch="momentum")
+    assert torch.equal(other["norm.weight"], momentum.norm.weight)
+    assert not torch.equal(other["norm.weight"], state["norm.weight"])
+    model = create_vit(TINY_VIT.arch, 32, encoder_kwargs=TINY_VIT.kwargs)
+    fitted = fit_backbone_state(state, model, TINY_VIT)
+    assert "head.0.weight" not in fitted and len(fitted) == len(state) - 1
 
 
-def test_backbone_state_dict_drops_the_projector(pretrained) -> None:
-    state = backbone_state_dict({"model": pretrained.state_dict()})
-    assert "patch_embed.proj.weight" in state and "pos_embed" in state
-    assert not any(name.startswith("head.") for name in state)
-    assert torch.equal(state["norm.weight"], pretrained.base_encoder.norm.weight)
-    momentum = backbone_state_dict(pretrained.state_dict(), branch="momentum")
-    assert torch.equal(momentum["norm.weight"], pretrained.momentum_encoder.norm.weight)
-    assert not torch.equal(momentum["norm.weight"], state["norm.weight"])
-
-
-def test_extracted_backbone_matches_the_query_encoder_at_the_same_size(
-    pretrained, tmp_path: Path
-) -> None:
+def test_extracted_backbone_matches_the_query_encoder(checkpoint, vit_branches, tmp_path: Path):
     path = tmp_path / "checkpoint.pt"
-    torch.save({"model": pretrained.state_dict()}, path)
-    backbone = extract_backbone(path, TINY_ARCH, img_size=32, encoder_kwargs=TINY_ENCODER)
+    torch.save(checkpoint, path)
+    backbone = extract_backbone(path, TINY_VIT)
     assert type(backbone) is VisionTransformer and backbone.num_classes == 0
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(features(backbone.eval(), x), features(pretrained.base_encoder, x))
+    assert torch.equal(features(backbone, x), features(vit_branches[0], x))
     assert backbone(x).shape == (2, 48)  # class token, no projector
 
 
-def test_extracted_backbone_at_another_size(pretrained) -> None:
-    backbone = extract_backbone(
-        pretrained.state_dict(), TINY_ARCH, img_size=64, encoder_kwargs=TINY_ENCODER
-    ).eval()
+def test_extracted_backbone_at_another_size(checkpoint, vit_branches) -> None:
+    backbone = extract_backbone(checkpoint, dataclasses.replace(TINY_VIT, img_size=64))
     assert backbone.pos_embed.shape == (1, 1 + 16, 48)
-    assert torch.equal(backbone.pos_embed[:, :1], pretrained.base_encoder.pos_embed[:, :1])
+    assert torch.equal(backbone.pos_embed[:, :1], vit_branches[0].pos_embed[:, :1])
     # The query encoder resized to 64 by timm holds the same weights, hence the same features.
-    reference = copy.deepcopy(pretrained.base_encoder)
+    reference = copy.deepcopy(vit_branches[0])
     reference.set_input_size(img_size=(64, 64))
     x = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(features(backbone, x), features(reference.eval(), x))
+    torch.testing.assert_close(features(backbone, x), features(reference, x))
 
 
-def test_momentum_branch_is_extractable(pretrained) -> None:
-    backbone = extract_backbone(
-        pretrained.state_dict(), TINY_ARCH, 32, branch="momentum", encoder_kwargs=TINY_ENCODER
-    ).eval()
+def test_momentum_branch_and_plain_checkpoints(checkpoint, vit_branches) -> None:
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(features(backbone, x), features(pretrained.momentum_encoder, x))
-
-
-def test_plain_vit_checkpoint_is_accepted_for_the_query_branch(pretrained) -> None:
-    plain = extract_backbone(
-        pretrained.state_dict(), TINY_ARCH, 32, encoder_kwargs=TINY_ENCODER
-    ).state_dict()
-    again = extract_backbone(plain, TINY_ARCH, 32, encoder_kwargs=TINY_ENCODER)
-    for name, value in plain.items():
-        assert torch.equal(value, again.state_dict()[name])
+    momentum = extract_backbone(checkpoint, TINY_VIT, branch="momentum")
+    assert torch.equal(features(momentum, x), features(vit_branches[1], x))
+    plain = vit_branches[0].state_dict()
+    again = extract_backbone(plain, TINY_VIT)
+    assert torch.equal(features(again, x), features(vit_branches[0], x))
     with pytest.raises(CheckpointError, match="momentum_encoder"):
         backbone_state_dict(plain, branch="momentum")
 
 
-def test_extraction_errors(pretrained) -> None:
+def test_extraction_errors(checkpoint) -> None:
     with pytest.raises(ValueError, match="branch"):
-        backbone_state_dict(pretrained.state_dict(), branch="key")  # type: ignore[arg-type]
+        backbone_state_dict(checkpoint, branch="key")  # type: ignore[arg-type]
     with pytest.raises(CheckpointError, match="base_encoder"):
-        backbone_state_dict({"predictor.0.weight": torch.zeros(2, 2)})
+        backbone_state_dict({"predictor.0.weight": torch.zeros(2, 2),
+                             "momentum_encoder.x": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="does not fit"):
-        extract_backbone(pretrained.state_dict(), "vit_small_patch16_224", 32)
-    bad = dict(pretrained.state_dict())
-    bad["base_encoder.pos_embed"] = torch.zeros(1, 1 + 5, 48)
+        extract_backbone(checkpoint, dataclasses.replace(TINY_VIT, kwargs={}))
+    bad = {"model": dict(checkpoint["model"])}
+    bad["model"]["base_encoder.pos_embed"] = torch.zeros(1, 1 + 5, 48)
     with pytest.raises(CheckpointError, match="square grid"):
-        extract_backbone(bad, TINY_ARCH, 64, encoder_kwargs=TINY_ENCODER)
+        extract_backbone(bad, dataclasses.replace(TINY_VIT, img_size=64))
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "kwargs", "message"),
+    [
+        ("not_a_model", 32, {}, "unknown timm model"),
+        ("deit_tiny_distilled_patch16_224", 32, {"depth": 1}, "not a plain timm VisionTransformer"),
+        ("resnet18", 32, {}, "not a timm VisionTransformer .for CNNs use backbone.name=cnn"),
+        ("vit_tiny_patch16_224", 40, {"depth": 1}, "not divisible"),
+        ("vit_tiny_patch16_224", 32, {"global_pool": "avg", "depth": 1}, "class token"),
+        ("vit_tiny_patch16_224", 32, {"no_such_option": 1}, "cannot create"),
+    ],
+)
+def test_create_vit_refuses_what_cannot_work(arch, size, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_vit(arch, size, encoder_kwargs=kwargs)
+
+
+def test_vit_kind_features_and_metadata(vit_branches) -> None:
+    model = vit_branches[0]
+    x = torch.randn(3, 3, 32, 32)
+    tokens = features(model, x)
+    with torch.no_grad():
+        pooled = VIT.pooled(model, x)
+        grading = VIT.grading_features(model, x)
+    assert torch.equal(pooled, tokens[:, 0])
+    assert grading.shape == (3, VIT.grading_dim(model)) == (3, 96)
+    assert torch.equal(grading[:, :48], tokens[:, 0])
+    torch.testing.assert_close(grading[:, 48:], tokens[:, 1:].mean(dim=1))
+    metadata = VIT.export_metadata(TINY_VIT)
+    assert json.loads(metadata["model_kwargs"]) == TINY_VIT.kwargs
+    assert backbone_kind("vit").config_from_metadata(metadata) == TINY_VIT
+    with pytest.raises(TypeError, match="ViTConfig"):
+        VIT.export_metadata(TINY_CNN)

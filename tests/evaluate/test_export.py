@@ -1,101 +1,130 @@
+"""``ssit export``: any backbone of any method's checkpoint, loadable by timm alone."""
+
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 from safetensors import safe_open
 
+from ssit.backbones import CheckpointError, CNNConfig, ViTConfig, create_backbone, extract_backbone
 from ssit.evaluate.config import EncoderConfig
-from ssit.evaluate.encoder import EncoderError, create_encoder
-from ssit.evaluate.export import ExportError, export_backbone
-from ssit.model import SSiT
-from ssit.model.checkpoint import CheckpointError
+from ssit.evaluate.encoder import create_encoder
+from ssit.evaluate.export import ExportError, add_export_arguments, export_backbone, run_export
+from tests.backbones.conftest import OLD_CHECKPOINT, method_checkpoint, perturbed
 
-ARCH = "vit_tiny_patch16_224"
-KWARGS = {"depth": 2, "embed_dim": 48, "num_heads": 2}
+VIT = ViTConfig(arch="vit_tiny_patch16_224", img_size=64,
+                kwargs={"depth": 2, "embed_dim": 48, "num_heads": 2})
+CNN = CNNConfig(arch="resnet18", img_size=32, kwargs={})
+
+
+def write_checkpoint(directory: Path, backbone, momentum: bool, method: str) -> Path:
+    torch.manual_seed(0)
+    query = perturbed(create_backbone(backbone), 0.01)
+    other = perturbed(create_backbone(backbone), 0.1) if momentum else None
+    path = directory / f"{backbone.name}-checkpoint-00000010.pt"
+    torch.save(method_checkpoint(query, other, dataclasses.asdict(backbone), method), path)
+    return path
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A training checkpoint of a tiny SSiT whose momentum encoder differs from its query."""
-    torch.manual_seed(0)
-    model = SSiT(arch=ARCH, img_size=64, mlp_dim=64, proj_dim=32, encoder_kwargs=KWARGS)
-    with torch.no_grad():
-        for parameter in model.momentum_encoder.parameters():
-            parameter.add_(0.1)
-    path = tmp_path_factory.mktemp("ckpt") / "checkpoint-00000010.pt"
-    config = {"model": {"arch": ARCH, "img_size": 64, "encoder_kwargs": KWARGS}}
-    torch.save({"model": model.state_dict(), "config": config, "step": 10}, path)
-    return path, model
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A ViT checkpoint with both branches (SSiT-like) and a resnet18 one (SimCLR-like)."""
+    directory = tmp_path_factory.mktemp("ckpt")
+    return {"vit": write_checkpoint(directory, VIT, True, "ssit"),
+            "cnn": write_checkpoint(directory, CNN, False, "simclr")}
 
 
-def features(model, images):
+def metadata_of(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata())
+
+
+def outputs(model, images):
     model.eval()
     with torch.no_grad():
         return model.forward_features(images)
 
 
-def test_export_round_trips_through_timm(checkpoint, tmp_path):
-    path, model = checkpoint
-    out = export_backbone(path, tmp_path / "backbone.safetensors")
-    with safe_open(str(out), framework="pt") as handle:
-        metadata = handle.metadata()
-    assert metadata["arch"] == ARCH and metadata["img_size"] == "64"
-    assert json.loads(metadata["model_kwargs"]) == KWARGS
-    loaded = timm.create_model(ARCH, pretrained=True, num_classes=0, img_size=64,
-                               pretrained_cfg_overlay=dict(file=str(out)), **KWARGS)
-    images = torch.randn(2, 3, 64, 64)
-    assert torch.equal(features(loaded, images), features(model.base_encoder, images))
+@pytest.mark.parametrize(("name", "config"), [("vit", VIT), ("cnn", CNN)])
+def test_export_loads_in_timm_with_the_extracted_features(checkpoints, tmp_path, name, config):
+    out = export_backbone(checkpoints[name], tmp_path / f"{name}.safetensors")
+    metadata = metadata_of(out)
+    assert metadata["backbone"] == name and metadata["arch"] == config.arch
+    assert metadata["img_size"] == str(config.img_size) and metadata["branch"] == "query"
+    assert json.loads(metadata["model_kwargs"]) == config.kwargs
+    assert metadata["source"] == checkpoints[name].name
+    extra = {"img_size": config.img_size} if name == "vit" else {}
+    loaded = timm.create_model(config.arch, pretrained=True, num_classes=0,
+                               pretrained_cfg_overlay=dict(file=str(out)), **extra,
+                               **config.kwargs)
+    images = torch.randn(2, 3, config.img_size, config.img_size)
+    expected = outputs(extract_backbone(checkpoints[name], config), images)
+    assert torch.equal(outputs(loaded, images), expected)
+    graded = create_encoder(EncoderConfig(checkpoint=str(out), img_size=config.img_size))
+    assert graded.kind.name == name and torch.equal(outputs(graded.model, images), expected)
 
 
-def test_momentum_branch_and_resized_input(checkpoint, tmp_path):
-    path, model = checkpoint
+def test_momentum_branch_and_resized_input(checkpoints, tmp_path):
+    path = checkpoints["vit"]
     out = export_backbone(path, tmp_path / "momentum.safetensors", branch="momentum")
-    encoder = create_encoder(EncoderConfig(checkpoint=str(out), arch=ARCH, img_size=64))
     images = torch.randn(2, 3, 64, 64)
-    assert torch.allclose(features(encoder, images), features(model.momentum_encoder, images))
-    bigger = create_encoder(EncoderConfig(checkpoint=str(out), arch=ARCH, img_size=96))
-    assert bigger.pos_embed.shape[1] == 1 + 36
-    direct = create_encoder(EncoderConfig(checkpoint=str(path), arch=ARCH, img_size=64))
-    assert torch.equal(features(direct, images), features(model.base_encoder, images))
+    momentum = extract_backbone(path, VIT, branch="momentum")
+    encoder = create_encoder(EncoderConfig(checkpoint=str(out), img_size=64))
+    assert torch.equal(outputs(encoder.model, images), outputs(momentum, images))
+    assert not torch.equal(outputs(encoder.model, images),
+                           outputs(extract_backbone(path, VIT), images))
+    bigger = create_encoder(EncoderConfig(checkpoint=str(out), img_size=96))
+    assert bigger.model.pos_embed.shape[1] == 1 + 36
+    resized = export_backbone(path, tmp_path / "at96.safetensors", img_size=96)
+    assert metadata_of(resized)["img_size"] == "96"
 
 
-def test_export_errors(checkpoint, tmp_path):
-    path, _ = checkpoint
+def test_old_ssit_checkpoint_exports_and_loads_in_timm(tmp_path):
+    out = export_backbone(OLD_CHECKPOINT, tmp_path / "old.safetensors")
+    metadata = metadata_of(out)
+    kwargs = json.loads(metadata["model_kwargs"])
+    assert metadata["backbone"] == "vit" and kwargs == {"embed_dim": 32, "num_heads": 2,
+                                                        "depth": 2}
+    loaded = timm.create_model(metadata["arch"], pretrained=True, num_classes=0, img_size=32,
+                               pretrained_cfg_overlay=dict(file=str(out)), **kwargs)
+    assert loaded(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+
+
+def test_export_errors(checkpoints, tmp_path):
+    path = checkpoints["vit"]
     with pytest.raises(ExportError, match=r"must end in \.safetensors"):
         export_backbone(path, tmp_path / "backbone.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         export_backbone(tmp_path / "missing.pt", tmp_path / "x.safetensors")
     with pytest.raises(CheckpointError, match="missing keys"):
         export_backbone(path, tmp_path / "x.safetensors", model_kwargs={"depth": 3})
+    with pytest.raises(CheckpointError, match="momentum_encoder"):
+        export_backbone(checkpoints["cnn"], tmp_path / "x.safetensors", branch="momentum")
     assert not (tmp_path / "x.safetensors").exists()
     bare = tmp_path / "bare.pt"
-    torch.save({"model": torch.load(path, weights_only=False)["model"]}, bare)
+    torch.save({"model": torch.load(checkpoints["cnn"], weights_only=False)["model"]}, bare)
     with pytest.raises(ExportError, match="pass --arch"):
         export_backbone(bare, tmp_path / "x.safetensors")
+    out = export_backbone(bare, tmp_path / "bare.safetensors", arch="resnet18")
+    assert metadata_of(out)["backbone"] == "cnn"
 
 
-def test_encoder_errors(checkpoint, tmp_path):
-    path, _ = checkpoint
-    with pytest.raises(EncoderError, match="holds a vit_tiny_patch16_224 backbone"):
-        create_encoder(EncoderConfig(checkpoint=str(path), arch="vit_small_patch16_224"))
-    with pytest.raises(EncoderError, match="does not exist"):
-        create_encoder(EncoderConfig(checkpoint=str(tmp_path / "nope.pt")))
-    with pytest.raises(EncoderError, match="unknown timm model"):
-        create_encoder(EncoderConfig(arch="not_a_model"))
-
-
-def test_export_subcommand(checkpoint, tmp_path, capsys):
-    import argparse
-
-    from ssit.evaluate.export import add_export_arguments, run_export
-
+def test_export_subcommand_prints_the_timm_call(checkpoints, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_export_arguments(parser)
     out = tmp_path / "cli.safetensors"
-    assert run_export(parser.parse_args([str(checkpoint[0]), "--out", str(out)])) == 0
+    assert run_export(parser.parse_args([str(checkpoints["vit"]), "--out", str(out)])) == 0
     printed = capsys.readouterr().out
-    assert "pretrained_cfg_overlay=dict(file=" in printed and "depth=2" in printed
+    assert "pretrained_cfg_overlay=dict(file=" in printed
+    assert "img_size=64, depth=2, embed_dim=48, num_heads=2)" in printed
     assert out.is_file()
+    cnn_out = tmp_path / "cnn.safetensors"
+    assert run_export(parser.parse_args([str(checkpoints["cnn"]), "--out", str(cnn_out)])) == 0
+    assert "timm.create_model('resnet18', pretrained=True, num_classes=0, " \
+           f"pretrained_cfg_overlay=dict(file={str(cnn_out)!r}))" in capsys.readouterr().out

@@ -52,7 +52,7 @@ def test_linear_probe_keeps_backbone_frozen(layouts, crop_cache, tmp_path):
     run_grading(config, tmp_path)
     trained = torch.load(tmp_path / "best.pt", weights_only=True)
     torch.manual_seed(config.train.seed)
-    initial = create_encoder(config.encoder).state_dict()
+    initial = create_encoder(config.encoder).model.state_dict()
     assert all(torch.equal(trained[f"backbone.{key}"], value) for key, value in initial.items())
 
 
@@ -148,3 +148,102 @@ def test_launcher_rejects_zero_cpus_per_task(demo_shards, launch):
                             "--cpus-per-task", "0")
     assert status == 2
     assert err == "error: --cpus-per-task must be at least 1, got 0\n"
+
+
+def write_method_checkpoint(path: Path, backbone) -> Path:
+    """A training checkpoint in the current layout holding a random ``backbone``."""
+    import dataclasses
+
+    import torch
+
+    from ssit.backbones import create_backbone
+    from tests.backbones.conftest import method_checkpoint
+
+    torch.manual_seed(0)
+    model = create_backbone(backbone)
+    torch.save(method_checkpoint(model, None, dataclasses.asdict(backbone), "ssit"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def depth4_checkpoint(tmp_path_factory) -> Path:
+    """A ViT-Ti/16 of depth 4 at input 64, as the demo pre-trains (grade_tiny_cpu says depth 2)."""
+    from ssit.backbones import ViTConfig
+
+    return write_method_checkpoint(
+        tmp_path_factory.mktemp("depth4") / "checkpoint.pt",
+        ViTConfig(arch="vit_tiny_patch16_224", img_size=64, kwargs={"depth": 4}))
+
+
+def grade_args(*words: str):
+    import argparse
+
+    from ssit.evaluate.submit import add_grade_arguments
+
+    parser = argparse.ArgumentParser()
+    add_grade_arguments(parser)
+    return parser.parse_args(list(words))
+
+
+def test_depth4_checkpoint_grades_with_grade_tiny_cpu(depth4_checkpoint, layouts, crop_cache,
+                                                      tmp_path):
+    from ssit.evaluate.submit import plan_grading
+
+    plan = plan_grading(grade_args(
+        "--checkpoint", str(depth4_checkpoint), "--dataset", "folder", "--data",
+        str(layouts["folder"]), "--protocol", "knn", "linear", "--cpu", "--local", "--config",
+        "grade_tiny_cpu", "--output", str(tmp_path / "run"), f"data.cache_dir={crop_cache}",
+        "train.epochs=1"))
+    for task in plan.tasks:
+        assert task.config.encoder.backbone == "vit"
+        assert task.config.encoder.model_kwargs == {"depth": 4}
+    for task in plan.tasks:
+        result = run_grading(task.config, task.out_dir)
+        assert result["backbone"] == "vit" and result["test"][result["selected"]]["num_samples"]
+    assert "depth: 4" in (plan.tasks[0].out_dir / "config.yaml").read_text()
+
+
+def test_architecture_mismatch_on_the_command_line_is_refused(depth4_checkpoint, layouts,
+                                                              tmp_path, launch):
+    common = ["--checkpoint", str(depth4_checkpoint), "--dataset", "folder", "--data",
+              str(layouts["folder"]), "--protocol", "knn", "--config", "grade_tiny_cpu",
+              "--output", str(tmp_path / "run")]
+    for extra, message in (
+        (["encoder.model_kwargs={depth: 2}"], "0 missing keys, 24 unexpected keys"),
+        (["--arch", "vit_small_patch16_224"], "shape mismatches"),
+        (["--arch", "resnet18"], "holds a vit backbone (vit_tiny_patch16_224), not a cnn"),
+    ):
+        status, out, err = launch(*common, *extra)
+        assert status == 2, out
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+        assert "checkpoint.pt holds" in err or "holds a vit" in err
+        assert out == "" and not (tmp_path / "run").exists()
+    status, out, err = launch(*common, "--dry-run", "encoder.model_kwargs.drop_path_rate=0.1")
+    assert status == 0, err
+
+
+def test_cnn_checkpoint_linear_probe_reads_the_pooled_feature(layouts, crop_cache, tmp_path):
+    import torch
+
+    from ssit.backbones import CNNConfig
+
+    checkpoint = write_method_checkpoint(tmp_path / "simclr.pt",
+                                         CNNConfig(arch="resnet18", img_size=64))
+    config = tiny_config("folder", layouts["folder"], "linear", f"data.cache_dir={crop_cache}",
+                         f"encoder.checkpoint={checkpoint}")
+    validate_grading_config(config)
+    result = run_grading(config, tmp_path / "out")
+    assert result["backbone"] == "cnn" and result["arch"] == "resnet18"
+    head = torch.load(tmp_path / "out" / "best.pt", weights_only=True)["head.weight"]
+    assert head.shape == (1, 512)
+
+
+def test_old_ssit_checkpoint_grades_by_knn(layouts, crop_cache, tmp_path):
+    from tests.backbones.conftest import OLD_CHECKPOINT
+
+    config = tiny_config("folder", layouts["folder"], "knn", f"data.cache_dir={crop_cache}",
+                         f"encoder.checkpoint={OLD_CHECKPOINT}")
+    validate_grading_config(config)
+    result = run_grading(config, tmp_path)
+    assert result["arch"] == "vit_tiny_patch16_224"
+    assert result["selected"] in ("k=5", "k=10", "k=20")
