@@ -35,7 +35,7 @@ from typing import Any
 from submitit.core.job_environment import JobEnvironment, SignalHandler
 from submitit.helpers import DelayedSubmission
 
-from ssit.cli import non_negative_int
+from ssit.cli import non_negative_int, positive_float
 from ssit.cluster.executor import DEFAULT_MAX_REQUEUES
 from ssit.train.config import DEFAULT_CONFIG, PretrainConfig
 from ssit.train.distributed import DEFAULT_TIMEOUT_S
@@ -243,10 +243,12 @@ def run_without_submitit(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="run directory")
     parser.add_argument("--max-requeues", type=non_negative_int, default=DEFAULT_MAX_REQUEUES,
                         help=f"requeues before the job gives up (default: {DEFAULT_MAX_REQUEUES})")
-    parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+    parser.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
                         help="seconds a collective may wait for a peer")
+    parser.add_argument("--restart", action="store_true",
+                        help="train from step 0 in a run folder that trained before")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
     try:
         cfg = load_config(PretrainConfig, args.config, args.overrides)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from ssit.cli import positive_float
 from ssit.cluster.executor import (
     JobResources,
     LaunchError,
@@ -102,7 +104,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU cores per task (default: data.num_threads, plus 2 per GPU task)",
     )
     parser.add_argument(
-        "--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+        "--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
         help="seconds a rank waits for its peers before the job fails "
         f"(default: {DEFAULT_TIMEOUT_S:g})",
     )
@@ -118,7 +120,8 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
     cpu = args.cpu or config.device == "cpu"
     if cpu:
         config = dataclasses.replace(config, device="cpu")
-        tasks_per_node, gpus_per_node = args.tasks_per_node or 1, 0
+        tasks_per_node = 1 if args.tasks_per_node is None else args.tasks_per_node
+        gpus_per_node = 0
     else:
         if args.tasks_per_node is not None:
             raise LaunchError("--tasks-per-node applies to --cpu runs; GPU runs use one task "
@@ -132,8 +135,9 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
                           f"{args.nodes} and {tasks_per_node} tasks per node")
     if args.local and args.nodes != 1:
         raise LaunchError(f"--local runs on this machine only; use --nodes 1 (got {args.nodes})")
-    if args.dist_timeout <= 0:
-        raise LaunchError(f"--dist-timeout must be positive, got {args.dist_timeout:g}")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise LaunchError(f"--dist-timeout must be a finite positive number of seconds, got "
+                          f"{args.dist_timeout:g}")
     config = _with_absolute_shards(config)
     validate_pretrain_config(config, args.nodes * tasks_per_node)
 

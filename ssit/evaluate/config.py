@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ssit.config import non_finite_values
 from ssit.evaluate.metrics import REGRESSION_THRESHOLDS
 from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
@@ -169,3 +170,7 @@ class GradeConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+
+    def __post_init__(self) -> None:
+        for key, value in non_finite_values(self).items():
+            raise ValueError(f"config key '{key}' must be a finite number, got {value!r}")

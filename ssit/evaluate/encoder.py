@@ -18,10 +18,11 @@ from safetensors import safe_open
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from ssit.error_text import first_line
 from ssit.evaluate.config import EncoderConfig
 from ssit.evaluate.export import saved_model_config
 from ssit.model.backbone import create_vit, extract_backbone
-from ssit.model.checkpoint import read_checkpoint
+from ssit.model.checkpoint import CheckpointError, read_checkpoint, ssit_state_dict
 
 LOGGER = logging.getLogger(__name__)
 RANDOM_ENCODER = "random"
@@ -38,6 +39,38 @@ def exported_metadata(path: str | Path) -> dict[str, str]:
             return dict(handle.metadata() or {})
     except Exception as error:  # safetensors raises its own error types for malformed files
         raise EncoderError(f"cannot read {path}: {error}") from None
+
+
+def check_encoder_checkpoint(cfg: EncoderConfig) -> None:
+    """Read only the header of ``cfg.checkpoint`` and check that it is a checkpoint of
+    ``cfg.arch`` holding model weights; raise EncoderError (one line) if not.
+
+    The tensors are memory-mapped, not read, so this is quick even for large files.
+    """
+    if cfg.checkpoint == RANDOM_ENCODER:
+        return
+    path = Path(cfg.checkpoint).expanduser()
+    if not path.is_file():
+        raise EncoderError(f"encoder checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        arch = exported_metadata(path).get("arch")
+    else:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # torch raises many types for files it cannot read
+            raise EncoderError(f"{path} is not a readable checkpoint: {first_line(error)}"
+                               ) from None
+        if not isinstance(loaded, Mapping):
+            raise EncoderError(f"{path} is not a checkpoint: it holds a "
+                               f"{type(loaded).__name__}, not a mapping of weights")
+        try:
+            ssit_state_dict(loaded)
+        except CheckpointError as error:
+            raise EncoderError(f"{path}: {error}") from None
+        arch = saved_model_config(loaded).get("arch")
+    if arch and arch != cfg.arch:
+        raise EncoderError(f"{path.name} holds a {arch} backbone but the grading config uses "
+                           f"{cfg.arch}; set encoder.arch={arch} (or --arch {arch})")
 
 
 def create_encoder(cfg: EncoderConfig) -> VisionTransformer:

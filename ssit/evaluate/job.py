@@ -33,8 +33,15 @@ from ssit.evaluate.datasets import (
     GradingDataset,
     class_counts,
     load_grading_data,
+    split_layout,
 )
-from ssit.evaluate.encoder import GradingModel, create_encoder, describe_encoder
+from ssit.evaluate.encoder import (
+    EncoderError,
+    GradingModel,
+    check_encoder_checkpoint,
+    create_encoder,
+    describe_encoder,
+)
 from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
 from ssit.evaluate.knn import extract_class_tokens, knn_grade
 from ssit.evaluate.metrics import grades_from_scores
@@ -61,12 +68,24 @@ def validate_grading_config(cfg: GradeConfig) -> None:
     if cfg.data.split_file and not Path(cfg.data.split_file).expanduser().is_file():
         raise ConfigError(f"data.split_file {cfg.data.split_file} does not exist")
     try:
-        LAYOUTS[cfg.data.dataset](Path(cfg.data.path).expanduser())
+        layout = LAYOUTS[cfg.data.dataset](Path(cfg.data.path).expanduser())
+        if cfg.train.protocol == "knn":
+            split_file = Path(cfg.data.split_file).expanduser() if cfg.data.split_file else None
+            train_size = len(split_layout(layout, cfg.data, split_file)["train"])
+            if max(cfg.knn.ks) > train_size:
+                raise ConfigError(
+                    f"knn.ks {cfg.knn.ks}: k={max(cfg.knn.ks)} exceeds the {train_size} "
+                    f"training images of {cfg.data.dataset} {cfg.data.path}"
+                )
     except DatasetError as error:
         raise ConfigError(str(error)) from None
     checkpoint = cfg.encoder.checkpoint
     if checkpoint != "random" and not Path(checkpoint).expanduser().is_file():
         raise ConfigError(f"encoder.checkpoint {checkpoint} does not exist (or use 'random')")
+    try:
+        check_encoder_checkpoint(cfg.encoder)
+    except EncoderError as error:
+        raise ConfigError(str(error)) from None
     try:
         with torch.device("meta"):
             create_vit(cfg.encoder.arch, cfg.encoder.img_size,

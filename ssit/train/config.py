@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ssit.config import ConfigError
+from ssit.config import ConfigError, non_finite_values
 
 REFERENCE_BATCH_SIZE = 512
+# Seeds are stored as signed 64-bit integers by the pipeline and torch.
+SEED_LIMIT = 2**63
+POOL_MODES = ("max", "avg", None)
 # The packaged configuration of the paper's run, used when a launcher is given none.
 DEFAULT_CONFIG = "ssit_vits16_eyepacs"
 
@@ -141,7 +144,11 @@ def validate_pretrain_config(cfg: PretrainConfig, world_size: int) -> None:
 
 
 def _check_ranges(cfg: PretrainConfig) -> None:
+    for key, value in non_finite_values(cfg).items():
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     checks = [
+        ("seed", cfg.seed, 0 <= cfg.seed < SEED_LIMIT, "in [0, 2**63)"),
+        ("model.pool", cfg.model.pool, cfg.model.pool in POOL_MODES, "'max', 'avg' or null"),
         ("model.img_size", cfg.model.img_size, cfg.model.img_size > 0, "> 0"),
         ("model.mask_ratio", cfg.model.mask_ratio, 0 <= cfg.model.mask_ratio < 1, "in [0, 1)"),
         ("model.temperature", cfg.model.temperature, cfg.model.temperature > 0, "> 0"),

@@ -148,3 +148,58 @@ def test_launcher_rejects_zero_cpus_per_task(demo_shards, launch):
                             "--cpus-per-task", "0")
     assert status == 2
     assert err == "error: --cpus-per-task must be at least 1, got 0\n"
+
+
+def test_knn_k_beyond_the_training_set_is_refused(layouts):
+    cfg = tiny_config("folder", layouts["folder"], "knn", "knn.ks=[1, 1000]")
+    with pytest.raises(ConfigError, match=r"knn.ks \[1, 1000\]: k=1000 exceeds the \d+ training "
+                       "images of folder"):
+        validate_grading_config(cfg)
+    # The same ks do not matter to fine-tuning.
+    validate_grading_config(tiny_config("folder", layouts["folder"], "finetune",
+                                        "knn.ks=[1, 1000]"))
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf"])
+def test_non_finite_learning_rate_is_refused(layouts, value):
+    with pytest.raises(ConfigError, match=r"'train.lr' must be a finite number"):
+        tiny_config("folder", layouts["folder"], "finetune", f"train.lr={value}")
+
+
+def grade_args(demo_shards: Path, checkpoint: Path | str) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--dataset", "shards", "--data", str(demo_shards),
+            "--protocol", "knn", "--dry-run", "--config", "grade_tiny_cpu"]
+
+
+def test_launcher_refuses_a_garbage_checkpoint_before_submitting(demo_shards, tmp_path, launch):
+    garbage = tmp_path / "checkpoint-00000010.pt"
+    garbage.write_bytes(b"this is not a checkpoint" * 100)
+    status, out, err = launch(*grade_args(demo_shards, garbage))
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: {garbage} is not a readable checkpoint: ")
+    assert err.count("\n") == 1
+
+
+def test_launcher_refuses_a_checkpoint_of_another_architecture(demo_shards, tmp_path, launch):
+    import torch
+
+    other = tmp_path / "base.pt"
+    torch.save({"model": {"encoder.cls_token": torch.zeros(1, 1, 768)},
+                "config": {"model": {"arch": "vit_base_patch16_224"}}}, other)
+    status, _, err = launch(*grade_args(demo_shards, other))
+    assert status == 2
+    assert err == ("error: base.pt holds a vit_base_patch16_224 backbone but the grading config "
+                   "uses vit_tiny_patch16_224; set encoder.arch=vit_base_patch16_224 (or --arch "
+                   "vit_base_patch16_224)\n")
+    empty = tmp_path / "empty.pt"
+    torch.save({"step": 3}, empty)
+    status, _, err = launch(*grade_args(demo_shards, empty))
+    assert status == 2 and "holds no model weights" in err
+
+
+def test_launcher_takes_overrides_anywhere(demo_shards, launch):
+    status, _, err = launch("knn.ks=[5000]", *grade_args(demo_shards, "random"), "train.epochs=1")
+    assert status == 2
+    assert "k=5000 exceeds the" in err
+    status, _, err = launch("train.epochs=1", *grade_args(demo_shards, "random"))
+    assert status == 0, err

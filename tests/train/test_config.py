@@ -134,10 +134,22 @@ def test_too_few_samples_counts_only_selected_shards(demo_shards, tmp_path):
         ("log.every_steps=0", "'log.every_steps' must be >= 1"),
         ("data.num_threads=0", "'data.num_threads' must be > 0"),
         ("loss.w_ss=-1", "'loss.w_ss' must be >= 0"),
+        ("seed=-1", "'seed' must be in [0, 2**63), got -1"),
+        (f"seed={2**64}", f"'seed' must be in [0, 2**63), got {2**64}"),
+        ("model.pool=bogus", "'model.pool' must be 'max', 'avg' or null, got 'bogus'"),
+        ("optim.lr=.nan", "'optim.lr' must be a finite number, got nan"),
+        ("optim.lr=.inf", "'optim.lr' must be a finite number, got inf"),
+        ("model.temperature=.inf", "'model.temperature' must be a finite number, got inf"),
+        ("model.temperature=nan", "'model.temperature' must be a finite number, got nan"),
+        ("checkpoint.every_minutes=-.inf", "'checkpoint.every_minutes' must be a finite number"),
     ],
 )
 def test_out_of_range_values_are_refused(demo_shards, override, expected):
     assert expected in _refused(_demo(demo_shards, override))
+
+
+def test_largest_seed_is_accepted(demo_shards):
+    validate_pretrain_config(_demo(demo_shards, f"seed={2**63 - 1}"), 1)
 
 
 def test_model_problems_are_refused(demo_shards):
