@@ -153,8 +153,9 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
                         cpus_per_task, resume)
 
 
-def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def launch_pretrain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Dry-run, submit or run locally the job ``args`` describe; return the exit status."""
+    out = out or sys.stdout
     plan = plan_pretrain(args)
     where = f"{plan.nodes} node(s) x {plan.tasks_per_node} task(s)"
     if args.dry_run:

@@ -75,7 +75,8 @@ def test_relative_shards_become_absolute(demo_shards: Path, monkeypatch: pytest.
     (("--gpus-per-node", "0", "device=cuda"), "--gpus-per-node must be at least 1"),
     (("--cpu", "--local", "--nodes", "2"), "--local runs on this machine only"),
     (("--cpu", "--nodes", "0"), "need at least one node"),
-    (("--cpu", "--dist-timeout", "0"), "--dist-timeout must be positive"),
+    (("--cpu", "--tasks-per-node", "0"), "need at least one node and one task per node, got "
+     "--nodes 1 and 0 tasks per node"),
     (("--cpu", "--cpus-per-task", "0"), "--cpus-per-task must be at least 1"),
 ])
 def test_impossible_launches_are_refused(demo_shards: Path, argv: tuple[str, ...], message: str
@@ -193,3 +194,84 @@ def test_summary_reports_the_loss_trend(tmp_path: Path) -> None:
         "log: /r/log.txt",
         "tensorboard: tensorboard --logdir /r/tensorboard",
     ]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0"])
+def test_dist_timeout_must_be_a_finite_positive_number(
+    launcher_module: ModuleType, capsys: pytest.CaptureFixture, value: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        launcher_module.main(["--cpu", "--config", "demo_tiny_cpu", "--dist-timeout", value])
+    assert exit_info.value.code == 2
+    assert f"argument --dist-timeout: must be a finite positive number, got '{value}'" in \
+        capsys.readouterr().err
+
+
+def test_dist_timeout_given_programmatically_is_checked(demo_shards: Path) -> None:
+    args = tiny(demo_shards, "--cpu")
+    args.dist_timeout = float("nan")
+    with pytest.raises(LaunchError, match="--dist-timeout must be a finite positive number"):
+        plan_pretrain(args)
+
+
+def launch_main(module: ModuleType, capsys: pytest.CaptureFixture, *argv: str
+                ) -> tuple[int, str, str]:
+    status = module.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_overrides_are_taken_anywhere_on_the_command_line(
+    launcher_module: ModuleType, capsys: pytest.CaptureFixture, demo_shards: Path,
+    tmp_path: Path
+) -> None:
+    status, out, err = launch_main(launcher_module, capsys, f"data.shards={demo_shards}",
+                                   "--config", "demo_tiny_cpu", "seed=1", "--cpu", "--dry-run",
+                                   "--output", str(tmp_path / "run"), "optim.epochs=2")
+    assert status == 0, err
+    assert out.startswith("# sbatch script for 1 node(s) x 1 task(s)")
+    # The override after the options is applied, not dropped: a bad one is refused.
+    status, _, err = launch_main(launcher_module, capsys, f"data.shards={demo_shards}",
+                                 "--config", "demo_tiny_cpu", "seed=-1", "--cpu", "--dry-run")
+    assert status == 2
+    assert err == "error: config key 'seed' must be in [0, 2**63), got -1\n"
+
+
+def test_plain_sbatch_entry_point_takes_overrides_anywhere(demo_shards: Path, tmp_path: Path
+                                                           ) -> None:
+    from ssit.cluster.job import run_without_submitit
+
+    assert run_without_submitit([f"data.shards={demo_shards}", "--config", "demo_tiny_cpu",
+                                 "--output", str(tmp_path), "model.pool=bogus"]) == 2
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00binary", "is not UTF-8 text (byte 0x89 at offset 0)"),
+    (b"optim:\n  lr: 1.0\n  lr: 2.0\n", "key 'lr' is given twice at line 3, column 3"),
+    (b"optim: {lr: [1.0}\n", "is not valid YAML: expected ',' or ']', but got '}' at line 1"),
+])
+def test_unusable_config_files_are_one_line_and_exit_status_2(
+    launcher_module: ModuleType, capsys: pytest.CaptureFixture, tmp_path: Path, content: bytes,
+    message: str
+) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_bytes(content)
+    status, out, err = launch_main(launcher_module, capsys, "--cpu", "--config", str(config),
+                                   "--dry-run")
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: config {config} ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_signal_delay_beyond_half_the_time_limit_is_refused(
+    launcher_module: ModuleType, capsys: pytest.CaptureFixture, demo_shards: Path
+) -> None:
+    status, _, err = launch_main(launcher_module, capsys, "--cpu", "--config", "demo_tiny_cpu",
+                                 f"data.shards={demo_shards}", "--time", "1", "--dry-run")
+    assert status == 2
+    assert err == ("error: --signal-delay 120 s is more than half of --time 1 min: the job would "
+                   "be told to stop 120 s into a 60 s allocation; raise --time or lower "
+                   "--signal-delay\n")
+    status, _, err = launch_main(launcher_module, capsys, "--cpu", "--config", "demo_tiny_cpu",
+                                 f"data.shards={demo_shards}", "--time", "4", "--dry-run")
+    assert status == 0, err
