@@ -107,10 +107,15 @@ def test_unknown_config_name_is_refused() -> None:
         plan_pretrain(parse("--config", "no_such_config", "--cpu"))
 
 
-def saved_run(demo_shards: Path, run_dir: Path, *overrides: str) -> None:
+def saved_run(demo_shards: Path, run_dir: Path, *overrides: str, checkpoint: bool = True
+              ) -> None:
+    """A run folder as a run leaves it: its config and (by name) a checkpoint."""
     config = load_config(PretrainConfig, "demo_tiny_cpu",
                          [f"data.shards={demo_shards}", *overrides])
     save_config(dataclasses.replace(config, device="cpu"), run_dir / "config.yaml")
+    if checkpoint:
+        checkpoint_path(run_dir / "checkpoints", 10).parent.mkdir(exist_ok=True)
+        checkpoint_path(run_dir / "checkpoints", 10).write_bytes(b"")
 
 
 def test_same_output_resumes(demo_shards: Path, tmp_path: Path) -> None:
@@ -132,7 +137,6 @@ def test_resuming_on_another_number_of_ranks_is_refused(demo_shards: Path, tmp_p
                                                         ) -> None:
     saved_run(demo_shards, tmp_path)
     record_world_size(tmp_path / "checkpoints", 2)
-    checkpoint_path(tmp_path / "checkpoints", 10).write_bytes(b"")
     with pytest.raises(LaunchError, match="written by 2 ranks; resume with nodes x tasks per "
                        "node = 2, not 1"):
         plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
@@ -275,3 +279,43 @@ def test_signal_delay_beyond_half_the_time_limit_is_refused(
     status, _, err = launch_main(launcher_module, capsys, "--cpu", "--config", "demo_tiny_cpu",
                                  f"data.shards={demo_shards}", "--time", "4", "--dry-run")
     assert status == 0, err
+
+
+def test_folder_that_lost_its_checkpoints_is_refused_unless_restart(
+    demo_shards: Path, tmp_path: Path, launcher_module: ModuleType,
+    capsys: pytest.CaptureFixture
+) -> None:
+    saved_run(demo_shards, tmp_path, "seed=3", checkpoint=False)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint-00000270.pt.unreadable").write_bytes(b"x")
+    argv = ["--cpu", "--config", "demo_tiny_cpu", f"data.shards={demo_shards}", "--output",
+            str(tmp_path), "--dry-run"]
+    status, out, err = launch_main(launcher_module, capsys, *argv)
+    assert status == 2 and out == ""
+    assert err == (f"error: {tmp_path} has trained before (it holds config.yaml, "
+                   "checkpoints/checkpoint-00000270.pt.unreadable) but has no checkpoint to "
+                   "resume from; resubmit with --restart to train again from step 0, or use "
+                   "another --output\n")
+    # On purpose: a fresh start, which need not keep the earlier run's seed.
+    plan = plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path), "--restart"))
+    assert plan.restart and not plan.resume
+
+
+def test_restart_is_refused_where_checkpoints_would_be_resumed(demo_shards: Path, tmp_path: Path
+                                                               ) -> None:
+    saved_run(demo_shards, tmp_path)
+    with pytest.raises(LaunchError, match=r"--restart: .* holds 1 checkpoint\(s\) \(newest "
+                       r"checkpoint-00000010\.pt\), which the run would resume from"):
+        plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path), "--restart"))
+
+
+def test_broken_run_config_shows_the_yaml_problem_and_position(demo_shards: Path, tmp_path: Path
+                                                               ) -> None:
+    (tmp_path / "config.yaml").write_text("seed: 0\nmodel:\n  arch: [vit\n  pool: max\n")
+    checkpoint_path(tmp_path / "checkpoints", 10).parent.mkdir()
+    checkpoint_path(tmp_path / "checkpoints", 10).write_bytes(b"")
+    with pytest.raises(LaunchError) as info:
+        plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
+    message = str(info.value)
+    assert message.startswith(f"the config of the run {tmp_path / 'config.yaml'} is not valid "
+                              "YAML: expected ',' or ']', but got ':' at line 4, column 7")
