@@ -203,3 +203,19 @@ def test_launcher_takes_overrides_anywhere(demo_shards, launch):
     assert "k=5000 exceeds the" in err
     status, _, err = launch("train.epochs=1", *grade_args(demo_shards, "random"))
     assert status == 0, err
+
+
+def test_header_check_accepts_a_training_checkpoint_with_its_checksum(tmp_path):
+    import torch
+
+    from ssit.evaluate.config import EncoderConfig
+    from ssit.evaluate.encoder import EncoderError, check_encoder_checkpoint
+    from ssit.train.checkpoint import save_checkpoint, verify_checksum
+
+    path = save_checkpoint({"step": 1, "model": {"encoder.cls_token": torch.zeros(1, 1, 384)},
+                            "config": {"model": {"arch": "vit_small_patch16_224"}}},
+                           tmp_path, keep=1)
+    assert verify_checksum(path)
+    check_encoder_checkpoint(EncoderConfig(checkpoint=str(path)))
+    with pytest.raises(EncoderError, match="holds a vit_small_patch16_224 backbone"):
+        check_encoder_checkpoint(EncoderConfig(checkpoint=str(path), arch="vit_base_patch16_224"))
