@@ -219,3 +219,18 @@ def test_header_check_accepts_a_training_checkpoint_with_its_checksum(tmp_path):
     check_encoder_checkpoint(EncoderConfig(checkpoint=str(path)))
     with pytest.raises(EncoderError, match="holds a vit_small_patch16_224 backbone"):
         check_encoder_checkpoint(EncoderConfig(checkpoint=str(path), arch="vit_base_patch16_224"))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\xff\xd8\xff\xe0JFIF", "is not UTF-8 text (byte 0xff at offset 0)"),
+    (b"train:\n  epochs: 1\n  epochs: 2\n", "key 'epochs' is given twice at line 3, column 3"),
+])
+def test_launcher_refuses_an_unusable_config_file_in_one_line(demo_shards, tmp_path, launch,
+                                                              content, message):
+    config = tmp_path / "grade.yaml"
+    config.write_bytes(content)
+    status, out, err = launch("--checkpoint", "random", "--dataset", "shards", "--data",
+                              str(demo_shards), "--dry-run", "--config", str(config))
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: config {config} ") and message in err
+    assert err.count("\n") == 1
