@@ -16,6 +16,7 @@ from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
 DATASETS = ("eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards")
 PROTOCOLS = ("finetune", "linear", "knn")
+SEED_LIMIT = 2**63
 
 Dataset = Literal["eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards"]
 Protocol = Literal["finetune", "linear", "knn"]
@@ -65,6 +66,8 @@ class DataConfig:
             raise ValueError("data.mean and data.std need three values each, std positive")
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
+        if not 0 <= self.split_seed < SEED_LIMIT:
+            raise ValueError(f"data.split_seed must be in [0, 2**63), got {self.split_seed}")
 
 
 @dataclass
@@ -129,6 +132,8 @@ class TrainConfig:
         steps = [b - a for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)]
         if not self.thresholds or min(steps, default=1.0) <= 0:
             raise ValueError(f"train.thresholds must increase strictly, got {self.thresholds}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"train.seed must be in [0, 2**63), got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
 

@@ -153,7 +153,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"this version does not load ({first_line(error)})"
         ) from None
     except Exception as error:  # torch raises many types for damaged files
-        raise CheckpointError(f"{path.name} cannot be read: {first_line(error)}") from None
+        raise CheckpointError(f"{path.name} is damaged: torch cannot read it "
+                              f"({first_line(error)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path.name} is not a pre-training checkpoint: it holds a "
                               f"{type(state).__name__}, not a dictionary")

@@ -160,6 +160,16 @@ def test_knn_k_beyond_the_training_set_is_refused(layouts):
                                         "knn.ks=[1, 1000]"))
 
 
+@pytest.mark.parametrize("override,message", [
+    ("train.seed=-1", r"train.seed must be in \[0, 2\*\*63\), got -1"),
+    (f"train.seed={2**64}", r"train.seed must be in \[0, 2\*\*63\)"),
+    ("data.split_seed=-3", r"data.split_seed must be in \[0, 2\*\*63\), got -3"),
+])
+def test_seeds_out_of_range_are_refused(layouts, override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config("folder", layouts["folder"], "finetune", override)
+
+
 @pytest.mark.parametrize("value", [".nan", ".inf"])
 def test_non_finite_learning_rate_is_refused(layouts, value):
     with pytest.raises(ConfigError, match=r"'train.lr' must be a finite number"):
