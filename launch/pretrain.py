@@ -4,7 +4,8 @@
     python launch/pretrain.py --local --cpu --config demo_tiny_cpu --output runs/demo
     python launch/pretrain.py --nodes 2 --dry-run optim.lr=5e-4
 
-Resubmitting with the same --output resumes the run from its newest checkpoint.
+Resubmitting with the same --output resumes the run from its newest checkpoint; a run folder that
+trained before but has no checkpoint left is refused unless --restart says to train from step 0.
 """
 
 from __future__ import annotations

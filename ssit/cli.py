@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,10 +65,10 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+    """argparse type: a finite number > 0 (not nan or inf)."""
     value = _parse_number(text, float, "a number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text!r}")
     return value
 
 
@@ -208,13 +209,14 @@ def run_launcher(
 ) -> int:
     """Entry point of a ``launch/`` script: parse its options and run it.
 
-    An error in ``user_errors`` is reported as one ``error: ...`` line with exit status 2.
+    ``key=value`` overrides may stand anywhere among the options. An error in ``user_errors`` is
+    reported as one ``error: ...`` line with exit status 2.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         return launch(args)
     except user_errors as error:

@@ -2,8 +2,9 @@
 
 A job's schema is a (nested) dataclass. ``load_config`` reads a YAML file, applies
 ``dotted.key=value`` overrides (values parsed as YAML scalars), checks every key and type against
-the schema and returns a populated instance. Unknown keys, wrong types and malformed overrides
-raise :class:`ConfigError` with a one-line message.
+the schema and returns a populated instance. Unknown keys, wrong types, malformed overrides, a file
+that is not UTF-8 text, YAML syntax errors and keys given twice raise :class:`ConfigError` with a
+one-line message.
 
 A section may be a choice between several schemas (a method or a backbone with options of its
 own): its base dataclass has a ``name`` field and a ``config_variants()`` classmethod mapping
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -54,10 +56,7 @@ def load_config(
     values: dict[str, Any] = {}
     if source is not None:
         path = resolve_config_path(source)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"cannot read config {path}: {first_line(error)}") from None
+        loaded = read_yaml(path, "config")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -70,6 +69,70 @@ def load_config(
     if upgrade is not None:
         values = upgrade(values)
     return _build(schema, values, prefix="")
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """Parse the YAML file ``path``; raise ConfigError naming ``what`` and the problem in one line.
+
+    The file must be UTF-8 text and may not give a key twice in one mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {first_line(error)}") from None
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte 0x{byte:02x} at offset "
+                          f"{error.start}); give a YAML file") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_error_text(error)}") from None
+
+
+def yaml_error_text(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: its problem and where (``line L, column C``)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        problem = error.problem or error.context or type(error).__name__
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{problem}{where}"
+    return first_line(error)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping giving the same key twice (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"key {key!r} is given twice", key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def non_finite_values(config: Any) -> dict[str, float]:
+    """The NaN or infinite floats of ``config`` (a config dataclass), by dotted key."""
+    found: dict[str, float] = {}
+
+    def visit(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                visit(item, f"{key}.{name}" if key else str(name))
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                visit(item, f"{key}[{index}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            found[key] = value
+
+    visit(config_to_dict(config), "")
+    return found
 
 
 def parse_override(text: str) -> tuple[str, Any]:

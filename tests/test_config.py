@@ -11,7 +11,9 @@ from ssit.config import (
     ConfigError,
     config_to_dict,
     load_config,
+    non_finite_values,
     parse_override,
+    read_yaml,
     resolve_config_path,
     save_config,
 )
@@ -111,7 +113,7 @@ def test_bad_files(tmp_path: Path) -> None:
         load_config(Job, tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="cannot read config"):
+    with pytest.raises(ConfigError, match="is not valid YAML"):
         load_config(Job, broken)
     listing = write_yaml(tmp_path, [1, 2], "list.yaml")
     with pytest.raises(ConfigError, match="must be a mapping"):
@@ -136,3 +138,45 @@ def test_parse_override_keeps_strings() -> None:
 def test_packaged_configs_resolve_by_name() -> None:
     with pytest.raises(ConfigError, match="packaged configs"):
         resolve_config_path("no_such_config")
+
+
+def test_file_that_is_not_utf8_text_is_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "photo.yaml"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 not yaml at all")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xff at offset 0\)") as info:
+        load_config(Job, binary)
+    assert "\n" not in str(info.value)
+
+
+def test_key_given_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("optim:\n  lr: 0.1\n  weight_decay: 0.0\n  lr: 0.5\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' is given twice at line 4, column 3"):
+        load_config(Job, twice)
+    top = tmp_path / "top.yaml"
+    top.write_text("model: {}\nmodel:\n  img_size: 96\n")
+    with pytest.raises(ConfigError, match=r"key 'model' is given twice at line 2"):
+        load_config(Job, top)
+    # The same key in different sections is fine.
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("model:\n  img_size: 96\noptim:\n  lr: 0.5\n")
+    assert load_config(Job, fine).optim.lr == 0.5
+
+
+def test_yaml_error_names_the_problem_and_position_not_the_caret(tmp_path: Path) -> None:
+    broken = tmp_path / "config.yaml"
+    broken.write_text("seed: 0\nmodel:\n  arch: [vit\n  pool: max\n")
+    with pytest.raises(ConfigError) as info:
+        read_yaml(broken, "run config")
+    message = str(info.value)
+    assert message.startswith(f"run config {broken} is not valid YAML: ")
+    assert "line 4, column" in message and "expected ',' or ']'" in message
+    assert not message.endswith("^") and "\n" not in message
+
+
+def test_non_finite_values_are_found_by_key() -> None:
+    job = load_config(Job, None, ["optim.lr=.nan", "optim.betas=[0.9, .inf]"])
+    found = non_finite_values(job)
+    assert list(found) == ["optim.lr", "optim.betas[1]"]
+    assert found["optim.betas[1]"] == float("inf")
+    assert non_finite_values(Job()) == {}

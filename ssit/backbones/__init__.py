@@ -26,6 +26,7 @@ from ssit.backbones.registry import (
     BackboneKind,
     backbone_kind,
     create_backbone,
+    timm_backbone_name,
 )
 from ssit.backbones.weights import (
     CheckpointError,
@@ -55,4 +56,5 @@ __all__ = [
     "load_into",
     "read_checkpoint",
     "saved_backbone_config",
+    "timm_backbone_name",
 ]

@@ -71,3 +71,17 @@ def backbone_kind(name: str) -> BackboneKind:
 def create_backbone(cfg: BackboneConfig, pretrained: bool = False) -> nn.Module:
     """Build the backbone that ``cfg`` describes."""
     return backbone_kind(cfg.name).build(cfg, pretrained=pretrained)
+
+
+# timm modules whose models are class-token VisionTransformers (``backbone.name: vit``).
+TIMM_VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
+
+
+def timm_backbone_name(arch: str) -> str:
+    """The backbone kind of a timm architecture: ``vit`` for timm's ViT family, else ``cnn``."""
+    import timm
+
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm model {arch!r}")
+    module = timm.models.model_entrypoint(arch).__module__
+    return "vit" if module in TIMM_VIT_MODULES else "cnn"

@@ -90,8 +90,27 @@ class JobResources:
             raise LaunchError(f"--cpus-per-task must be at least 1, got {self.cpus_per_task}")
 
 
+def check_time_limit(args: argparse.Namespace) -> None:
+    """Refuse a ``--signal-delay`` that leaves less than half of ``--time`` for the job's work.
+
+    The warning signal makes the job checkpoint and requeue, so a delay close to the time limit
+    would train for seconds per allocation.
+    """
+    limit_s = 60 * args.time
+    if 2 * args.signal_delay > limit_s:
+        raise LaunchError(
+            f"--signal-delay {args.signal_delay} s is more than half of --time {args.time} min: "
+            f"the job would be told to stop {args.signal_delay} s into a {limit_s} s allocation; "
+            "raise --time or lower --signal-delay"
+        )
+
+
 def slurm_parameters(args: argparse.Namespace, resources: JobResources) -> dict[str, Any]:
-    """Return submitit's SLURM parameters for a job with ``resources`` and ``args``'s options."""
+    """Return submitit's SLURM parameters for a job with ``resources`` and ``args``'s options.
+
+    Raises LaunchError when ``--signal-delay`` does not fit in ``--time``.
+    """
+    check_time_limit(args)
     parameters: dict[str, Any] = {
         "job_name": resources.name,
         "nodes": resources.nodes,
@@ -123,6 +142,7 @@ def make_executor(
 
     ``folder`` receives submitit's pickles and the per-task logs (``%j_%t_log.out/err``).
     """
+    check_time_limit(args)
     if args.local:
         if resources.nodes != 1:
             raise LaunchError(

@@ -19,12 +19,14 @@ requeues itself with ``scontrol`` and bounds the requeues by ``SLURM_RESTART_COU
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +37,9 @@ from typing import Any
 from submitit.core.job_environment import JobEnvironment, SignalHandler
 from submitit.helpers import DelayedSubmission
 
-from ssit.cli import non_negative_int
+from ssit.cli import non_negative_int, positive_float
 from ssit.cluster.executor import DEFAULT_MAX_REQUEUES
+from ssit.error_text import first_line
 from ssit.train.config import DEFAULT_CONFIG, PretrainConfig
 from ssit.train.distributed import DEFAULT_TIMEOUT_S
 from ssit.train.engine import PretrainOutcome, pretrain_main
@@ -143,12 +146,16 @@ class PretrainJob:
     The run's state lives in ``run_dir`` (checkpoints), so the job object itself never changes:
     a requeued or resubmitted job resumes from the newest readable checkpoint there.
     ``max_requeues`` bounds requeues only when no submitit handler does (plain sbatch).
+    ``restart`` lets the job train from step 0 in a folder that trained before; a requeued
+    attempt may always do so, since its first attempt started in that folder. A rank that fails
+    writes the reason into the run's ``log.txt``, with where its traceback is.
     """
 
     config: PretrainConfig
     run_dir: Path
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_requeues: int | None = None
+    restart: bool = False
 
     def __call__(self) -> PretrainOutcome:
         job_env = JobEnvironment()
@@ -169,9 +176,13 @@ class PretrainJob:
             environment["MASTER_PORT"],
         )
         stop = StopRequest().install()
-        outcome = pretrain_main(
-            self.config, self.run_dir, should_stop=stop, timeout_s=self.timeout_s
-        )
+        requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        try:
+            outcome = pretrain_main(self.config, self.run_dir, should_stop=stop,
+                                    timeout_s=self.timeout_s, restart=self.restart or requeued)
+        except Exception as error:
+            record_failure(self.run_dir, rank, error, _traceback_location(job_env))
+            raise
         if outcome.status == "completed":
             log.info("rank %d: pre-training completed at step %d", rank, outcome.step)
             return outcome
@@ -192,8 +203,7 @@ class PretrainJob:
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         """Called by submitit on rank 0 before requeueing: resubmit this same job unchanged."""
-        return DelayedSubmission(PretrainJob(self.config, self.run_dir, self.timeout_s,
-                                             self.max_requeues))
+        return DelayedSubmission(dataclasses.replace(self))
 
     def _requeue(self, stop: StopRequest, job_env: JobEnvironment) -> None:
         handler = stop.previous_handler(stop.preempt_signal)
@@ -212,6 +222,29 @@ class PretrainJob:
         limit = "unbounded" if self.max_requeues is None else f"at most {self.max_requeues}"
         log.info("requeueing job %s (restart %d, %s)", job_env.job_id, restarts + 1, limit)
         subprocess.run(["scontrol", "requeue", job_env.job_id], check=True, timeout=60)
+
+
+def record_failure(run_dir: Path, rank: int, error: BaseException, traceback_at: str) -> None:
+    """Append why ``rank`` failed to the run's ``log.txt``: the exception in one line, and
+    where the full traceback is."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    line = (f"{stamp} {_node_name()} rank {rank} ERROR the job failed: "
+            f"{type(error).__name__}: {first_line(error)} (traceback in {traceback_at})\n")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "log.txt", "a", encoding="utf-8") as stream:
+            stream.write(line)
+    except OSError as failure:  # a full or read-only disk: the console still has the traceback
+        log.error("cannot record the failure in %s: %s", run_dir / "log.txt", failure)
+
+
+def _traceback_location(job_env: JobEnvironment) -> str:
+    """Where this task's stderr goes: submitit's per-task file, else the SLURM job output."""
+    try:
+        return str(job_env.paths.stderr)
+    except Exception:  # no submitit folder: a plain sbatch job (srun python -m ssit.cluster)
+        job_id = os.environ.get("SLURM_JOB_ID")
+        return f"the SLURM output of job {job_id}" if job_id else "the console of this rank"
 
 
 def _node_name() -> str:
@@ -243,10 +276,12 @@ def run_without_submitit(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="run directory")
     parser.add_argument("--max-requeues", type=non_negative_int, default=DEFAULT_MAX_REQUEUES,
                         help=f"requeues before the job gives up (default: {DEFAULT_MAX_REQUEUES})")
-    parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+    parser.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
                         help="seconds a collective may wait for a peer")
+    parser.add_argument("--restart", action="store_true",
+                        help="train from step 0 in a run folder that trained before")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
     try:
         cfg = load_config(PretrainConfig, args.config, args.overrides)
@@ -256,5 +291,6 @@ def run_without_submitit(argv: Sequence[str] | None = None) -> int:
         return 2
     # Every rank exits 0 after a clean stop: with srun --kill-on-bad-exit a non-zero exit would
     # end the step before rank 0 has requeued the job.
-    PretrainJob(cfg, args.output.absolute(), args.dist_timeout, args.max_requeues)()
+    PretrainJob(cfg, args.output.absolute(), args.dist_timeout, args.max_requeues,
+                restart=args.restart)()
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -20,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
+from ssit.cli import positive_float
 from ssit.cluster.executor import (
     JobResources,
     LaunchError,
@@ -31,9 +31,9 @@ from ssit.cluster.executor import (
     sbatch_preview,
 )
 from ssit.cluster.job import PretrainJob
-from ssit.config import ConfigError, config_to_dict, load_config
+from ssit.config import ConfigError, config_to_dict, load_config, read_yaml
 from ssit.error_text import last_line
-from ssit.train.checkpoint import recorded_world_size
+from ssit.train.checkpoint import list_checkpoints, recorded_world_size
 from ssit.train.config import (
     DEFAULT_CONFIG,
     PretrainConfig,
@@ -42,6 +42,7 @@ from ssit.train.config import (
     validate_pretrain_config,
 )
 from ssit.train.distributed import DEFAULT_TIMEOUT_S
+from ssit.train.run_folder import RestartRefusedError, check_run_folder
 
 DEFAULT_GPUS_PER_NODE = 8
 JOB_NAME = "ssit-pretrain"
@@ -58,6 +59,7 @@ class PretrainPlan:
     gpus_per_node: int
     cpus_per_task: int
     resume: bool
+    restart: bool = False
 
     @property
     def world_size(self) -> int:
@@ -86,6 +88,10 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         "--output", type=Path,
         help="run folder (default: runs/pretrain-<config>-<time>); an existing run resumes",
     )
+    parser.add_argument(
+        "--restart", action="store_true",
+        help="train from step 0 in an --output that trained before but has no checkpoint left",
+    )
     parser.add_argument("--nodes", type=int, default=1, help="nodes (default: 1)")
     parser.add_argument(
         "--gpus-per-node", type=int, default=DEFAULT_GPUS_PER_NODE,
@@ -102,7 +108,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU cores per task (default: data.num_threads, plus 2 per GPU task)",
     )
     parser.add_argument(
-        "--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+        "--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
         help="seconds a rank waits for its peers before the job fails "
         f"(default: {DEFAULT_TIMEOUT_S:g})",
     )
@@ -118,7 +124,8 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
     cpu = args.cpu or config.device == "cpu"
     if cpu:
         config = dataclasses.replace(config, device="cpu")
-        tasks_per_node, gpus_per_node = args.tasks_per_node or 1, 0
+        tasks_per_node = 1 if args.tasks_per_node is None else args.tasks_per_node
+        gpus_per_node = 0
     else:
         if args.tasks_per_node is not None:
             raise LaunchError("--tasks-per-node applies to --cpu runs; GPU runs use one task "
@@ -132,25 +139,32 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
                           f"{args.nodes} and {tasks_per_node} tasks per node")
     if args.local and args.nodes != 1:
         raise LaunchError(f"--local runs on this machine only; use --nodes 1 (got {args.nodes})")
-    if args.dist_timeout <= 0:
-        raise LaunchError(f"--dist-timeout must be positive, got {args.dist_timeout:g}")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise LaunchError(f"--dist-timeout must be a finite positive number of seconds, got "
+                          f"{args.dist_timeout:g}")
     config = _with_absolute_shards(config)
     validate_pretrain_config(config, args.nodes * tasks_per_node)
 
     run_name = f"pretrain-{Path(args.config).stem}"
     run_dir = (args.output or default_run_dir(run_name)).expanduser().absolute()
-    resume = _check_resumable(run_dir, config, args.nodes * tasks_per_node)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LaunchError(f"--output {run_dir} exists and is not a folder")
+    _check_restart(run_dir, args.restart)
+    # A restart trains from step 0, so it need not match the settings of the earlier run.
+    resume = not args.restart and _check_resumable(run_dir, config,
+                                                   args.nodes * tasks_per_node)
     cpus_per_task = args.cpus_per_task
     if cpus_per_task is None:
         cpus_per_task = config.data.num_threads if cpu else config.data.num_threads + 2
     if cpus_per_task < 1:
         raise LaunchError(f"--cpus-per-task must be at least 1, got {cpus_per_task}")
     return PretrainPlan(config, run_dir, args.nodes, tasks_per_node, gpus_per_node,
-                        cpus_per_task, resume)
+                        cpus_per_task, resume, args.restart)
 
 
-def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def launch_pretrain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Dry-run, submit or run locally the job ``args`` describe; return the exit status."""
+    out = out or sys.stdout
     plan = plan_pretrain(args)
     where = f"{plan.nodes} node(s) x {plan.tasks_per_node} task(s)"
     if args.dry_run:
@@ -163,7 +177,8 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return 0
 
     executor = make_executor(args, plan.log_dir, plan.resources)
-    job_callable = PretrainJob(plan.config, plan.run_dir, timeout_s=args.dist_timeout)
+    job_callable = PretrainJob(plan.config, plan.run_dir, timeout_s=args.dist_timeout,
+                               restart=plan.restart)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     # submitit's local controller inherits an ignored SIGINT, so Ctrl-C does not make it kill
     # the tasks; they catch SIGINT themselves and stop at a step boundary with a checkpoint.
@@ -176,8 +191,9 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
-    action = "resuming" if plan.resume else "starting"
-    out.write(f"{action} pre-training in {plan.run_dir}\n")
+    action = "restarting" if plan.restart else "resuming" if plan.resume else "starting"
+    out.write(f"{action} pre-training in {plan.run_dir}"
+              f"{' from step 0' if plan.restart else ''}\n")
     out.write(f"job id: {job.job_id} ({where}, {plan.config.device})\n")
     out.write(f"output folder: {plan.run_dir}\n")
     out.write(f"follow the log: tail -f {plan.run_dir / 'log.txt'}\n")
@@ -274,18 +290,32 @@ def _with_absolute_shards(config: PretrainConfig) -> PretrainConfig:
     return dataclasses.replace(config, data=data)
 
 
+def _check_restart(run_dir: Path, restart: bool) -> None:
+    """Refuse a silent restart from step 0, and a --restart that would resume instead."""
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if restart and checkpoints:
+        raise LaunchError(
+            f"--restart: {run_dir} holds {len(checkpoints)} checkpoint(s) (newest "
+            f"{checkpoints[-1].name}), which the run would resume from; move them away to train "
+            "from step 0, or leave out --restart to resume"
+        )
+    try:
+        check_run_folder(run_dir, restart)
+    except RestartRefusedError as error:
+        raise LaunchError(str(error)) from None
+
+
 def _check_resumable(run_dir: Path, config: PretrainConfig, world_size: int) -> bool:
     """True when ``run_dir`` holds a run this config and world size may resume; raise if not."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
-        if run_dir.exists() and not run_dir.is_dir():
-            raise LaunchError(f"--output {run_dir} exists and is not a folder")
         return False
     try:
-        saved = yaml.safe_load(saved_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise LaunchError(f"cannot read the config of the run in {run_dir}: "
-                          f"{last_line(error)}") from None
+        saved = read_yaml(saved_path, "the config of the run") or {}
+    except ConfigError as error:
+        raise LaunchError(str(error)) from None
+    if not isinstance(saved, dict):
+        raise LaunchError(f"the config of the run {saved_path} is not a mapping of keys")
     differing = config_fields_differing(saved, config_to_dict(config))
     locked = resume_locked_fields(differing)
     if locked:

@@ -36,6 +36,10 @@ from ssit.backbones import (
     timm_backbone_name,
 )
 from ssit.evaluate.config import AUTO_BACKBONE, RANDOM_ENCODER, EncoderConfig
+from ssit.train.checkpoint import ZIP_MAGIC, verify_checksum
+
+# The first byte of a pickle stream of protocol 2 or later (torch's legacy format).
+PICKLE_PROTOCOL = b"\x80"
 
 LOGGER = logging.getLogger(__name__)
 
@@ -82,6 +86,8 @@ def load_encoder_source(checkpoint: str) -> EncoderSource | None:
     if not path.is_file():
         raise EncoderError(f"encoder checkpoint {path} does not exist")
     try:
+        if path.suffix != ".safetensors":
+            _check_torch_file(path)
         contents = read_checkpoint(path)
         if path.suffix == ".safetensors":
             recorded = recorded_in_export(exported_metadata(path))
@@ -90,6 +96,25 @@ def load_encoder_source(checkpoint: str) -> EncoderSource | None:
     except (CheckpointError, ValueError, KeyError) as error:
         raise EncoderError(f"cannot use {path.name}: {error}") from None
     return EncoderSource(path, contents, recorded)
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse, in words, a file that ``torch.save`` did not write, and a checkpoint whose
+    SHA-256 trailer does not match (bit rot, truncation); raise CheckpointError.
+
+    Zip archives (torch's format since 1.6) go through the checksum check; files in torch's
+    older pickle format start with the pickle protocol opcode and are left to ``torch.load``.
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(len(ZIP_MAGIC))
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path.name}: {error.strerror or error}") from None
+    if head == ZIP_MAGIC or not head:
+        verify_checksum(path)
+    elif not head.startswith(PICKLE_PROTOCOL):
+        raise CheckpointError(f"{path.name} is not a checkpoint (not a file written by "
+                              "torch.save)")
 
 
 def backbone_name_of(arch: str) -> str:

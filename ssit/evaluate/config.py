@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssit.backbones.config import BACKBONE_CONFIGS
+from ssit.config import non_finite_values
 from ssit.evaluate.metrics import REGRESSION_THRESHOLDS
 from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
 DATASETS = ("eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards")
 PROTOCOLS = ("finetune", "linear", "knn")
+SEED_LIMIT = 2**63
 
 Dataset = Literal["eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards"]
 Protocol = Literal["finetune", "linear", "knn"]
@@ -79,6 +81,8 @@ class DataConfig:
             raise ValueError("data.mean and data.std need three values each, std positive")
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
+        if not 0 <= self.split_seed < SEED_LIMIT:
+            raise ValueError(f"data.split_seed must be in [0, 2**63), got {self.split_seed}")
 
 
 @dataclass
@@ -143,6 +147,8 @@ class TrainConfig:
         steps = [b - a for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)]
         if not self.thresholds or min(steps, default=1.0) <= 0:
             raise ValueError(f"train.thresholds must increase strictly, got {self.thresholds}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"train.seed must be in [0, 2**63), got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"train.device must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -184,3 +190,7 @@ class GradeConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+
+    def __post_init__(self) -> None:
+        for key, value in non_finite_values(self).items():
+            raise ValueError(f"config key '{key}' must be a finite number, got {value!r}")

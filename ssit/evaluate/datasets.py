@@ -112,17 +112,7 @@ def load_grading_data(cfg: DataConfig, out_dir: Path | None = None) -> Splits:
     if not root.exists():
         raise DatasetError(f"{cfg.dataset}: {root} does not exist")
     layout = LAYOUTS[cfg.dataset](root)
-    split_file = _split_file_to_reuse(cfg, out_dir)
-    if split_file is not None:
-        splits = apply_split_file(_all_items(layout), split_file)
-    elif "all" in layout:
-        splits = split_items(layout["all"], cfg.split_fractions, cfg.split_seed)
-    elif not layout.get("val"):
-        train_share = cfg.split_fractions[0] / (cfg.split_fractions[0] + cfg.split_fractions[1])
-        parts = split_items(layout["train"], [train_share, 0.0, 1 - train_share], cfg.split_seed)
-        splits = {"train": parts["train"], "val": parts["test"], "test": layout["test"]}
-    else:
-        splits = {name: layout[name] for name in SPLITS}
+    splits = split_layout(layout, cfg, _split_file_to_reuse(cfg, out_dir))
     for name in SPLITS:
         if not splits[name]:
             raise DatasetError(f"{cfg.dataset}: the {name} split is empty")
@@ -134,6 +124,20 @@ def load_grading_data(cfg: DataConfig, out_dir: Path | None = None) -> Splits:
         splits = {name: crop_items(items, cache_dir, cfg.num_workers)
                   for name, items in splits.items()}
     return splits
+
+
+def split_layout(layout: Splits, cfg: DataConfig, split_file: Path | None = None) -> Splits:
+    """The train/val/test split of a dataset's ``layout``: from ``split_file`` when given, else
+    the dataset's own parts completed by a seeded split with ``cfg.split_fractions``."""
+    if split_file is not None:
+        return apply_split_file(_all_items(layout), split_file)
+    if "all" in layout:
+        return split_items(layout["all"], cfg.split_fractions, cfg.split_seed)
+    if not layout.get("val"):
+        train_share = cfg.split_fractions[0] / (cfg.split_fractions[0] + cfg.split_fractions[1])
+        parts = split_items(layout["train"], [train_share, 0.0, 1 - train_share], cfg.split_seed)
+        return {"train": parts["train"], "val": parts["test"], "test": layout["test"]}
+    return {name: layout[name] for name in SPLITS}
 
 
 def crop_items(

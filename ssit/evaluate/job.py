@@ -41,6 +41,7 @@ from ssit.evaluate.datasets import (
     GradingDataset,
     class_counts,
     load_grading_data,
+    split_layout,
 )
 from ssit.evaluate.encoder import Encoder, GradingModel, create_encoder, describe_encoder
 from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
@@ -57,7 +58,8 @@ RESULTS_FILE = "results.json"
 
 def validate_grading_config(cfg: GradeConfig, source: EncoderSource | None = None) -> None:
     """Check all that can be checked before submission: the dataset's layout (labels and
-    images present), the checkpoint, and that the encoder can be built and its weights fit.
+    images present), kNN's largest k against the training split, the checkpoint (read once, by
+    the same path as the job), and that the encoder can be built and its weights fit.
 
     ``source`` is ``cfg.encoder.checkpoint`` already read (read here when not given).
     Raises ConfigError with one line.
@@ -69,7 +71,15 @@ def validate_grading_config(cfg: GradeConfig, source: EncoderSource | None = Non
     if cfg.data.split_file and not Path(cfg.data.split_file).expanduser().is_file():
         raise ConfigError(f"data.split_file {cfg.data.split_file} does not exist")
     try:
-        LAYOUTS[cfg.data.dataset](Path(cfg.data.path).expanduser())
+        layout = LAYOUTS[cfg.data.dataset](Path(cfg.data.path).expanduser())
+        if cfg.train.protocol == "knn":
+            split_file = Path(cfg.data.split_file).expanduser() if cfg.data.split_file else None
+            train_size = len(split_layout(layout, cfg.data, split_file)["train"])
+            if max(cfg.knn.ks) > train_size:
+                raise ConfigError(
+                    f"knn.ks {cfg.knn.ks}: k={max(cfg.knn.ks)} exceeds the {train_size} "
+                    f"training images of {cfg.data.dataset} {cfg.data.path}"
+                )
     except DatasetError as error:
         raise ConfigError(str(error)) from None
     checkpoint = cfg.encoder.checkpoint

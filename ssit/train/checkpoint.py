@@ -1,21 +1,31 @@
-"""Checkpoint files: atomic writes, rotation, and finding the newest one that can be read.
+"""Checkpoint files: atomic writes, checksums, rotation, and finding the newest readable one.
 
-A checkpoint is ``<dir>/checkpoint-<step:08d>.pt``. It is first written to a hidden temporary
-file in the same directory, flushed to disk, then renamed over the final name, so a crash while
-saving never leaves a partial file under a checkpoint name. The newest checkpoint is found by
-scanning the names; one that cannot be read is set aside (renamed ``*.unreadable``) and the one
-before is used, with a warning. Beside the checkpoints, ``ranks.json`` records how many ranks
-wrote them, so that a launcher can refuse a resume on another number of ranks before it queues
-the job.
+A checkpoint is ``<dir>/checkpoint-<step:08d>.pt``: a ``torch.save`` file followed by a one-line
+trailer holding the SHA-256 of the bytes before it (``torch.load`` ignores the trailer). It is
+first written to a hidden temporary file in the same directory, flushed to disk, then renamed
+over the final name, so a crash while saving never leaves a partial file under a checkpoint name.
+Before writing, the free space is checked against the size of the checkpoint (a save needs room
+for ``keep + 1`` checkpoints). The newest checkpoint is found by scanning the names; one that
+cannot be read, or whose checksum does not match, is set aside (renamed ``*.unreadable``) and the
+one before is used, with a warning. Errors say in words what is wrong with a file (truncated,
+not a checkpoint, damaged, written by another version). Beside the checkpoints, ``ranks.json``
+records how many ranks wrote them, so that a launcher can refuse a resume on another number of
+ranks before it queues the job.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
+import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +47,13 @@ REQUIRED_KEYS = frozenset(
 RANKS_FILE = "ranks.json"
 _NAME = re.compile(r"^checkpoint-(\d{8,})\.pt$")
 _TEMP_PREFIX = ".checkpoint-"
+_TRAILER_TAG = b"\nssit-sha256:"
+_TRAILER_SIZE = len(_TRAILER_TAG) + 64 + 1
+ZIP_MAGIC = b"PK\x03\x04"
+# Room kept free beyond the checkpoint's estimated size (zip headers, pickled metadata, file
+# system blocks).
+_SPACE_MARGIN = 1.02
+_SPACE_SLACK_BYTES = 4 * 2**20
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -72,13 +89,25 @@ def save_checkpoint(state: Mapping[str, Any], directory: str | Path, keep: int) 
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, int(state["step"]))
     _remove_stale_temporaries(directory)
+    needed = estimated_checkpoint_bytes(state, list_checkpoints(directory))
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise CheckpointError(_no_space_message(final, needed, free, keep))
     temporary = directory / f"{_TEMP_PREFIX}{final.stem[len('checkpoint-'):]}.pt.tmp-{os.getpid()}"
     try:
         with open(temporary, "wb") as stream:
-            torch.save(dict(state), stream)
+            hashing = _HashingWriter(stream)
+            torch.save(dict(state), hashing)
+            stream.write(_TRAILER_TAG + hashing.digest.hexdigest().encode() + b"\n")
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, final)
+    except (OSError, RuntimeError) as error:
+        temporary.unlink(missing_ok=True)
+        if _is_out_of_space(error, directory, needed):
+            free = shutil.disk_usage(directory).free
+            raise CheckpointError(_no_space_message(final, needed, free, keep)) from None
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -115,19 +144,140 @@ def recorded_world_size(directory: str | Path) -> int | None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read one checkpoint onto the CPU; raise CheckpointError if it is unreadable or incomplete."""
     path = Path(path)
+    verified = verify_checksum(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read {path.name}: {first_line(error)}") from None
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path.name} was written by another version of ssit or torch: it holds objects "
+            f"this version does not load ({first_line(error)})"
+        ) from None
+    except Exception as error:  # torch raises many types for damaged files
+        raise CheckpointError(f"{path.name} is damaged: torch cannot read it "
+                              f"({first_line(error)})") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path.name} does not hold a checkpoint dictionary")
+        raise CheckpointError(f"{path.name} is not a pre-training checkpoint: it holds a "
+                              f"{type(state).__name__}, not a dictionary")
+    if "format" in state and state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path.name} was written by another version of ssit (checkpoint "
+                              f"format {state['format']!r}; this version reads "
+                              f"{CHECKPOINT_FORMAT})")
     missing = sorted(REQUIRED_KEYS - state.keys())
     if missing:
-        raise CheckpointError(f"{path.name} lacks {', '.join(missing)}")
-    if state["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path.name} has format {state['format']}, "
-                              f"expected {CHECKPOINT_FORMAT}")
+        raise CheckpointError(f"{path.name} is not a pre-training checkpoint: it lacks "
+                              f"{', '.join(missing)}")
+    if not verified:
+        log.warning("%s has no checksum (written by an earlier version); not verified", path.name)
     return state
+
+
+def verify_checksum(path: str | Path) -> bool:
+    """Check the SHA-256 trailer of the checkpoint file ``path``; False when it has none.
+
+    Raises CheckpointError saying what is wrong: an empty, truncated or damaged file, or one
+    that is not a checkpoint at all.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            head = stream.read(len(ZIP_MAGIC))
+            stream.seek(max(0, size - _TRAILER_SIZE))
+            tail = stream.read()
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path.name}: {error.strerror or error}") from None
+    if size == 0:
+        raise CheckpointError(f"{path.name} is empty (0 bytes): the save was cut short")
+    if head != ZIP_MAGIC:
+        raise CheckpointError(f"{path.name} is not a checkpoint (not a file written by "
+                              "torch.save)")
+    if len(tail) != _TRAILER_SIZE or not tail.startswith(_TRAILER_TAG):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path.name} is truncated ({size} bytes): the file ends "
+                                  "before its index, so the save was cut short or the copy is "
+                                  "incomplete")
+        return False
+    recorded = tail[len(_TRAILER_TAG):-1].decode("ascii", errors="replace")
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        remaining = size - _TRAILER_SIZE
+        while remaining > 0:
+            chunk = stream.read(min(remaining, 2**22))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+    if digest.hexdigest() != recorded:
+        raise CheckpointError(f"{path.name} is damaged: its contents do not match the checksum "
+                              "saved with it (a disk or copy error changed it)")
+    return True
+
+
+def estimated_checkpoint_bytes(state: Mapping[str, Any], existing: list[Path] = ()) -> int:
+    """Bytes a checkpoint of ``state`` will take: its tensors' storages (counted once each),
+    or the newest of the ``existing`` checkpoints if that is larger, plus a margin."""
+    storages: dict[tuple[int, str], int] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[(storage.data_ptr(), str(value.device))] = storage.nbytes()
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(state)
+    estimate = sum(storages.values())
+    if existing:
+        with contextlib.suppress(OSError):
+            estimate = max(estimate, existing[-1].stat().st_size)
+    return int(estimate * _SPACE_MARGIN) + _SPACE_SLACK_BYTES
+
+
+def _no_space_message(final: Path, needed: int, free: int, keep: int) -> str:
+    return (
+        f"No space left on device for {final.name} in {final.parent}: a checkpoint needs about "
+        f"{_megabytes(needed)} and {_megabytes(free)} are free; with checkpoint.keep={keep} a "
+        f"run needs room for {keep + 1} checkpoints while saving (about "
+        f"{_megabytes(needed * (keep + 1))}): free space there or lower checkpoint.keep"
+    )
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:.0f} MB" if count >= 2**20 else f"{count / 2**20:.2f} MB"
+
+
+def _is_out_of_space(error: BaseException, directory: Path, needed: int) -> bool:
+    """True when a failed write ran out of room (torch hides ENOSPC behind its own errors)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(directory).free < needed
+    except OSError:
+        return False
+
+
+class _HashingWriter:
+    """A write-only stream that passes bytes on to ``stream`` and hashes them."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def load_latest_checkpoint(
@@ -155,7 +305,11 @@ def load_latest_checkpoint(
             log.warning("resuming from %s instead of the newer unreadable checkpoint", path.name)
         return path, state
     if failures:
-        raise CheckpointError(f"no readable checkpoint in {directory}: {failures[0]}")
+        aside = " (set aside as *.unreadable)" if set_aside_unreadable else ""
+        raise CheckpointError(
+            f"no readable checkpoint in {directory}{aside}: {failures[0]}; restore a good "
+            "checkpoint there, or resubmit with --restart to train again from step 0"
+        )
     return None
 
 
@@ -222,10 +376,12 @@ __all__ = [
     "capture_rng_state",
     "checkpoint_path",
     "checkpoint_step",
+    "estimated_checkpoint_bytes",
     "list_checkpoints",
     "load_checkpoint",
     "load_latest_checkpoint",
     "restore_rng_state",
     "rotate_checkpoints",
     "save_checkpoint",
+    "verify_checksum",
 ]

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssit.backbones.config import BackboneConfig, ViTConfig
-from ssit.config import ConfigError
+from ssit.config import ConfigError, non_finite_values
 from ssit.error_text import first_line
-from ssit.methods.config import MethodConfig, SSiTConfig
+from ssit.methods.config import MethodConfig, RangeCheck, SSiTConfig
 
 REFERENCE_BATCH_SIZE = 512
+# Seeds are stored as signed 64-bit integers by the pipeline and torch.
+SEED_LIMIT = 2**63
 # The packaged configuration of the paper's run, used when a launcher is given none.
 DEFAULT_CONFIG = "ssit_vits16_eyepacs"
 
@@ -161,7 +163,13 @@ def validate_pretrain_config(cfg: PretrainConfig, world_size: int) -> None:
 
 
 def _check_ranges(cfg: PretrainConfig) -> None:
+    # The method's own checks word non-finite values themselves; then any NaN or infinity
+    # elsewhere, before the range checks that a NaN would pass or fail with a vague message.
+    _refuse_first_failure(cfg.method.range_checks())
+    for key, value in non_finite_values(cfg).items():
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     checks = [
+        ("seed", cfg.seed, 0 <= cfg.seed < SEED_LIMIT, "in [0, 2**63)"),
         ("backbone.img_size", cfg.backbone.img_size, cfg.backbone.img_size > 0, "> 0"),
         ("data.num_threads", cfg.data.num_threads, cfg.data.num_threads > 0, "> 0"),
         ("optim.epochs", cfg.optim.epochs, cfg.optim.epochs > 0, "> 0"),
@@ -181,13 +189,16 @@ def _check_ranges(cfg: PretrainConfig) -> None:
         ("log.every_steps", cfg.log.every_steps, cfg.log.every_steps >= 1, ">= 1"),
         ("log.image_every_steps", cfg.log.image_every_steps,
          cfg.log.image_every_steps is None or cfg.log.image_every_steps >= 0, ">= 0 or null"),
-        *cfg.method.range_checks(),
     ]
+    _refuse_first_failure(checks)
+    if cfg.optim.nesterov and cfg.optim.optimizer != "sgd":
+        raise ConfigError("optim.nesterov applies to optim.optimizer=sgd only")
+
+
+def _refuse_first_failure(checks: Sequence[RangeCheck]) -> None:
     for key, value, ok, expected in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
-    if cfg.optim.nesterov and cfg.optim.optimizer != "sgd":
-        raise ConfigError("optim.nesterov applies to optim.optimizer=sgd only")
 
 
 def _check_method(cfg: PretrainConfig) -> bool:

@@ -56,6 +56,7 @@ from ssit.train.resume import (
     save_run_checkpoint,
     write_summary,
 )
+from ssit.train.run_folder import check_run_folder
 from ssit.train.schedules import learning_rate, scaled_learning_rate
 
 log = logging.getLogger(__name__)
@@ -85,17 +86,19 @@ def pretrain_main(
     *,
     should_stop: Callable[[], bool] = never,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    restart: bool = False,
 ) -> PretrainOutcome:
     """Launcher entry point: join the process group from the environment, train, leave it.
 
     Reads torchrun-style ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``
     (none of them: one process). ``should_stop`` is polled at every step boundary, e.g. a flag
     set by a preemption signal handler. ``timeout_s`` bounds every collective, so a dead rank
-    fails the others within that time.
+    fails the others within that time. ``restart`` allows training from step 0 in a folder
+    that trained before (see :func:`~ssit.train.run_folder.check_run_folder`).
     """
     ctx = init_distributed(device=cfg.device, timeout_s=timeout_s)
     try:
-        outcome = pretrain(cfg, run_dir, ctx=ctx, should_stop=should_stop)
+        outcome = pretrain(cfg, run_dir, ctx=ctx, should_stop=should_stop, restart=restart)
     except BaseException as error:
         log.error("rank %d of %d failed: %s", ctx.rank, ctx.world_size, error)
         raise
@@ -109,6 +112,7 @@ def pretrain(
     *,
     ctx: DistributedContext | None = None,
     should_stop: Callable[[], bool] = never,
+    restart: bool = False,
 ) -> PretrainOutcome:
     """Pre-train the configured method into ``run_dir`` (resuming its checkpoints) until done.
 
@@ -122,6 +126,7 @@ def pretrain(
     precision = resolve_precision(cfg.precision, ctx.device.type)
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints"
+    check_run_folder(run_dir, restart)  # every rank, before any of them writes there
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier(ctx)

@@ -102,6 +102,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         "SSIT_CLUSTER_CPUS": "6",
         "SLURM_CONF": str(directory / "slurm.conf"),
         "OMP_NUM_THREADS": "1",
+        **checkout_import_path(),
     })
     started = subprocess.run([str(TEST_CLUSTER / "up.sh")], env=env, capture_output=True,
                              text=True, timeout=120)
@@ -116,9 +117,17 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
                        timeout=120)
 
 
+def checkout_import_path() -> dict[str, str]:
+    """PYTHONPATH that makes child processes and jobs import ``ssit`` from this checkout, not
+    from wherever the environment installed it."""
+    return {"PYTHONPATH": os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def run_launcher(args: Sequence[str], env: dict[str, str] | None = None,
                  timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``python launch/pretrain.py ARGS`` as a user would."""
+    env = {**(os.environ if env is None else env), **checkout_import_path()}
     return subprocess.run([sys.executable, str(LAUNCHER), *args], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout)
 

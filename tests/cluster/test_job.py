@@ -17,9 +17,11 @@ from ssit.cluster.job import (
     StopRequest,
     cpu_threads,
     preemption_signal,
+    record_failure,
     rendezvous_environment,
     rendezvous_port,
 )
+from ssit.config import ConfigError
 from ssit.train.config import PretrainConfig
 
 SLURM_TASK = {
@@ -159,3 +161,36 @@ def test_checkpoint_resubmits_the_same_job(tmp_path: Path) -> None:
     pickled = tmp_path / "job.pkl"
     delayed.dump(pickled)
     assert DelayedSubmission.load(pickled).function == job
+
+
+def test_a_failed_rank_records_why_in_log_txt(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "log.txt").write_text("2026-01-01 00:00:00 INFO ssit.train.engine: step 1\n")
+    try:
+        raise RuntimeError("Connection closed by peer\n(more detail on the next line)")
+    except RuntimeError as error:
+        record_failure(run_dir, 3, error, "/runs/x/submitit/77_3_log.err")
+    lines = (run_dir / "log.txt").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("step 1")
+    assert lines[1].endswith(" rank 3 ERROR the job failed: RuntimeError: Connection closed by "
+                             "peer (traceback in /runs/x/submitit/77_3_log.err)")
+
+
+def test_failure_of_a_job_goes_into_log_txt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """The real job object on one local rank, failing at start: the reason is in log.txt."""
+    set_environment(monkeypatch, {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "55",
+                                  "SUBMITIT_LOCAL_GLOBAL_RANK": "0",
+                                  "SUBMITIT_LOCAL_NTASKS": "1", "SUBMITIT_LOCAL_LOCALID": "0",
+                                  "SUBMITIT_FOLDER": str(tmp_path / "run" / "submitit")})
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    # The shards went away after submission: the job's own check fails.
+    job = PretrainJob(PretrainConfig(device="cpu"), tmp_path / "run")
+    with pytest.raises(ConfigError):
+        job()
+    text = (tmp_path / "run" / "log.txt").read_text()
+    assert "rank 0 ERROR the job failed: ConfigError: data.shards 'shards/eyepacs': " in text
+    stderr = tmp_path / "run" / "submitit" / "55_0_log.err"
+    assert text.rstrip().endswith(f"(traceback in {stderr})")

@@ -24,6 +24,7 @@ from tests.cluster.conftest import (
     REPO_ROOT,
     STEPS_PER_EPOCH,
     SlurmCluster,
+    checkout_import_path,
     submitted_job_id,
     tiny_overrides,
 )
@@ -164,7 +165,7 @@ class Resubmission:
             [sys.executable, str(LAUNCHER), "--local", "--cpu", "--tasks-per-node", "2",
              "--config", "demo_tiny_cpu", "--time", "15", "--output", str(self.run_dir),
              *tiny_overrides(shards)],
-            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO_ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **checkout_import_path()}, cwd=REPO_ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 

@@ -59,7 +59,7 @@ def test_gpu_plan_runs_one_task_per_gpu(demo_shards: Path) -> None:
                                "optim.batch_size=8"))
     assert (plan.tasks_per_node, plan.gpus_per_node, plan.world_size) == (4, 4, 8)
     assert plan.cpus_per_task == plan.config.data.num_threads + 2
-    assert plan.config.model.arch == "vit_small_patch16_224"
+    assert plan.config.backbone.arch == "vit_small_patch16_224"
     assert plan.run_dir.parent.name == "runs" and plan.run_dir.is_absolute()
 
 
@@ -75,7 +75,8 @@ def test_relative_shards_become_absolute(demo_shards: Path, monkeypatch: pytest.
     (("--gpus-per-node", "0", "device=cuda"), "--gpus-per-node must be at least 1"),
     (("--cpu", "--local", "--nodes", "2"), "--local runs on this machine only"),
     (("--cpu", "--nodes", "0"), "need at least one node"),
-    (("--cpu", "--dist-timeout", "0"), "--dist-timeout must be positive"),
+    (("--cpu", "--tasks-per-node", "0"), "need at least one node and one task per node, got "
+     "--nodes 1 and 0 tasks per node"),
     (("--cpu", "--cpus-per-task", "0"), "--cpus-per-task must be at least 1"),
 ])
 def test_impossible_launches_are_refused(demo_shards: Path, argv: tuple[str, ...], message: str
@@ -90,7 +91,7 @@ def test_impossible_launches_are_refused(demo_shards: Path, argv: tuple[str, ...
     (("--nodes", "3"), "optim.batch_size=16 is not divisible by the 3 ranks"),
     (("optim.batch_size=0",), "'optim.batch_size' must be > 0"),
     (("data.shards=/nonexistent/shards",), "data.shards '/nonexistent/shards'"),
-    (("model.arch=no_such_vit",), "model.arch 'no_such_vit'"),
+    (("backbone.arch=no_such_vit",), "backbone vit 'no_such_vit' .*unknown timm model"),
 ])
 def test_bad_configs_are_refused(demo_shards: Path, argv: tuple[str, ...], message: str) -> None:
     args = parse("--config", "demo_tiny_cpu", "--cpu", f"data.shards={demo_shards}")
@@ -106,10 +107,15 @@ def test_unknown_config_name_is_refused() -> None:
         plan_pretrain(parse("--config", "no_such_config", "--cpu"))
 
 
-def saved_run(demo_shards: Path, run_dir: Path, *overrides: str) -> None:
+def saved_run(demo_shards: Path, run_dir: Path, *overrides: str, checkpoint: bool = True
+              ) -> None:
+    """A run folder as a run leaves it: its config and (by name) a checkpoint."""
     config = load_config(PretrainConfig, "demo_tiny_cpu",
                          [f"data.shards={demo_shards}", *overrides])
     save_config(dataclasses.replace(config, device="cpu"), run_dir / "config.yaml")
+    if checkpoint:
+        checkpoint_path(run_dir / "checkpoints", 10).parent.mkdir(exist_ok=True)
+        checkpoint_path(run_dir / "checkpoints", 10).write_bytes(b"")
 
 
 def test_same_output_resumes(demo_shards: Path, tmp_path: Path) -> None:
@@ -131,7 +137,6 @@ def test_resuming_on_another_number_of_ranks_is_refused(demo_shards: Path, tmp_p
                                                         ) -> None:
     saved_run(demo_shards, tmp_path)
     record_world_size(tmp_path / "checkpoints", 2)
-    checkpoint_path(tmp_path / "checkpoints", 10).write_bytes(b"")
     with pytest.raises(LaunchError, match="written by 2 ranks; resume with nodes x tasks per "
                        "node = 2, not 1"):
         plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
@@ -193,3 +198,126 @@ def test_summary_reports_the_loss_trend(tmp_path: Path) -> None:
         "log: /r/log.txt",
         "tensorboard: tensorboard --logdir /r/tensorboard",
     ]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0"])
+def test_dist_timeout_must_be_a_finite_positive_number(
+    launcher_module: ModuleType, capsys: pytest.CaptureFixture, value: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        launcher_module.main(["--cpu", "--config", "demo_tiny_cpu", "--dist-timeout", value])
+    assert exit_info.value.code == 2
+    assert f"argument --dist-timeout: must be a finite positive number, got '{value}'" in \
+        capsys.readouterr().err
+
+
+def test_dist_timeout_given_programmatically_is_checked(demo_shards: Path) -> None:
+    args = tiny(demo_shards, "--cpu")
+    args.dist_timeout = float("nan")
+    with pytest.raises(LaunchError, match="--dist-timeout must be a finite positive number"):
+        plan_pretrain(args)
+
+
+def launch_main(module: ModuleType, capsys: pytest.CaptureFixture, *argv: str
+                ) -> tuple[int, str, str]:
+    status = module.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_overrides_are_taken_anywhere_on_the_command_line(
+    launcher_module: ModuleType, capsys: pytest.CaptureFixture, demo_shards: Path,
+    tmp_path: Path
+) -> None:
+    status, out, err = launch_main(launcher_module, capsys, f"data.shards={demo_shards}",
+                                   "--config", "demo_tiny_cpu", "seed=1", "--cpu", "--dry-run",
+                                   "--output", str(tmp_path / "run"), "optim.epochs=2")
+    assert status == 0, err
+    assert out.startswith("# sbatch script for 1 node(s) x 1 task(s)")
+    # The override after the options is applied, not dropped: a bad one is refused.
+    status, _, err = launch_main(launcher_module, capsys, f"data.shards={demo_shards}",
+                                 "--config", "demo_tiny_cpu", "seed=-1", "--cpu", "--dry-run")
+    assert status == 2
+    assert err == "error: config key 'seed' must be in [0, 2**63), got -1\n"
+
+
+def test_plain_sbatch_entry_point_takes_overrides_anywhere(demo_shards: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    from ssit.cluster.job import run_without_submitit
+
+    assert run_without_submitit([f"data.shards={demo_shards}", "--config", "demo_tiny_cpu",
+                                 "--output", str(tmp_path), "method.pool=bogus"]) == 2
+    assert "config key 'method.pool' must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00binary", "is not UTF-8 text (byte 0x89 at offset 0)"),
+    (b"optim:\n  lr: 1.0\n  lr: 2.0\n", "key 'lr' is given twice at line 3, column 3"),
+    (b"optim: {lr: [1.0}\n", "is not valid YAML: expected ',' or ']', but got '}' at line 1"),
+])
+def test_unusable_config_files_are_one_line_and_exit_status_2(
+    launcher_module: ModuleType, capsys: pytest.CaptureFixture, tmp_path: Path, content: bytes,
+    message: str
+) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_bytes(content)
+    status, out, err = launch_main(launcher_module, capsys, "--cpu", "--config", str(config),
+                                   "--dry-run")
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: config {config} ") and message in err
+    assert err.count("\n") == 1
+
+
+def test_signal_delay_beyond_half_the_time_limit_is_refused(
+    launcher_module: ModuleType, capsys: pytest.CaptureFixture, demo_shards: Path
+) -> None:
+    status, _, err = launch_main(launcher_module, capsys, "--cpu", "--config", "demo_tiny_cpu",
+                                 f"data.shards={demo_shards}", "--time", "1", "--dry-run")
+    assert status == 2
+    assert err == ("error: --signal-delay 120 s is more than half of --time 1 min: the job would "
+                   "be told to stop 120 s into a 60 s allocation; raise --time or lower "
+                   "--signal-delay\n")
+    status, _, err = launch_main(launcher_module, capsys, "--cpu", "--config", "demo_tiny_cpu",
+                                 f"data.shards={demo_shards}", "--time", "4", "--dry-run")
+    assert status == 0, err
+
+
+def test_folder_that_lost_its_checkpoints_is_refused_unless_restart(
+    demo_shards: Path, tmp_path: Path, launcher_module: ModuleType,
+    capsys: pytest.CaptureFixture
+) -> None:
+    saved_run(demo_shards, tmp_path, "seed=3", checkpoint=False)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint-00000270.pt.unreadable").write_bytes(b"x")
+    argv = ["--cpu", "--config", "demo_tiny_cpu", f"data.shards={demo_shards}", "--output",
+            str(tmp_path), "--dry-run"]
+    status, out, err = launch_main(launcher_module, capsys, *argv)
+    assert status == 2 and out == ""
+    assert err == (f"error: {tmp_path} has trained before (it holds config.yaml, "
+                   "checkpoints/checkpoint-00000270.pt.unreadable) but has no checkpoint to "
+                   "resume from; resubmit with --restart to train again from step 0, or use "
+                   "another --output\n")
+    # On purpose: a fresh start, which need not keep the earlier run's seed.
+    plan = plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path), "--restart"))
+    assert plan.restart and not plan.resume
+
+
+def test_restart_is_refused_where_checkpoints_would_be_resumed(demo_shards: Path, tmp_path: Path
+                                                               ) -> None:
+    saved_run(demo_shards, tmp_path)
+    with pytest.raises(LaunchError, match=r"--restart: .* holds 1 checkpoint\(s\) \(newest "
+                       r"checkpoint-00000010\.pt\), which the run would resume from"):
+        plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path), "--restart"))
+
+
+def test_broken_run_config_shows_the_yaml_problem_and_position(demo_shards: Path, tmp_path: Path
+                                                               ) -> None:
+    (tmp_path / "config.yaml").write_text("seed: 0\nbackbone:\n  arch: [vit\n  name: vit\n")
+    checkpoint_path(tmp_path / "checkpoints", 10).parent.mkdir()
+    checkpoint_path(tmp_path / "checkpoints", 10).write_bytes(b"")
+    with pytest.raises(LaunchError) as info:
+        plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
+    message = str(info.value)
+    assert message.startswith(f"the config of the run {tmp_path / 'config.yaml'} is not valid "
+                              "YAML: expected ',' or ']', but got ':' at line 4, column 7")

@@ -247,3 +247,139 @@ def test_old_ssit_checkpoint_grades_by_knn(layouts, crop_cache, tmp_path):
     result = run_grading(config, tmp_path)
     assert result["arch"] == "vit_tiny_patch16_224"
     assert result["selected"] in ("k=5", "k=10", "k=20")
+
+
+def test_knn_k_beyond_the_training_set_is_refused(layouts):
+    cfg = tiny_config("folder", layouts["folder"], "knn", "knn.ks=[1, 1000]")
+    with pytest.raises(ConfigError, match=r"knn.ks \[1, 1000\]: k=1000 exceeds the \d+ training "
+                       "images of folder"):
+        validate_grading_config(cfg)
+    # The same ks do not matter to fine-tuning.
+    validate_grading_config(tiny_config("folder", layouts["folder"], "finetune",
+                                        "knn.ks=[1, 1000]"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.seed=-1", r"train.seed must be in \[0, 2\*\*63\), got -1"),
+    (f"train.seed={2**64}", r"train.seed must be in \[0, 2\*\*63\)"),
+    ("data.split_seed=-3", r"data.split_seed must be in \[0, 2\*\*63\), got -3"),
+])
+def test_seeds_out_of_range_are_refused(layouts, override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config("folder", layouts["folder"], "finetune", override)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf"])
+def test_non_finite_learning_rate_is_refused(layouts, value):
+    with pytest.raises(ConfigError, match=r"'train.lr' must be a finite number"):
+        tiny_config("folder", layouts["folder"], "finetune", f"train.lr={value}")
+
+
+def dry_run_knn_args(demo_shards: Path, checkpoint: Path | str) -> list[str]:
+    return ["--checkpoint", str(checkpoint), "--dataset", "shards", "--data", str(demo_shards),
+            "--protocol", "knn", "--dry-run", "--config", "grade_tiny_cpu"]
+
+
+def test_launcher_refuses_a_garbage_checkpoint_before_submitting(demo_shards, tmp_path, launch):
+    garbage = tmp_path / "checkpoint-00000010.pt"
+    garbage.write_bytes(b"this is not a checkpoint" * 100)
+    status, out, err = launch(*dry_run_knn_args(demo_shards, garbage))
+    assert status == 2 and out == ""
+    assert err == (f"error: cannot use {garbage.name}: {garbage.name} is not a checkpoint (not a "
+                   "file written by torch.save)\n")
+    empty = tmp_path / "checkpoint-00000015.pt"
+    empty.write_bytes(b"")
+    status, out, err = launch(*dry_run_knn_args(demo_shards, empty))
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: cannot use {empty.name}: {empty.name} is empty (0 bytes)")
+    assert err.count("\n") == 1
+    truncated = tmp_path / "checkpoint-00000020.pt"
+    truncated.write_bytes(b"PK\x03\x04" + b"\x00" * 1000)
+    status, out, err = launch(*dry_run_knn_args(demo_shards, truncated))
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: cannot use {truncated.name}: {truncated.name} is truncated")
+    assert err.count("\n") == 1
+
+
+def test_launcher_refuses_a_checkpoint_of_another_architecture(depth4_checkpoint, demo_shards,
+                                                               tmp_path, launch):
+    import torch
+
+    status, out, err = launch(*dry_run_knn_args(demo_shards, depth4_checkpoint),
+                              "--arch", "vit_base_patch16_224")
+    assert status == 2 and out == ""
+    assert err.startswith("error: ") and "shape mismatches" in err and err.count("\n") == 1
+    empty = tmp_path / "empty.pt"
+    torch.save({"step": 3}, empty)
+    status, _, err = launch(*dry_run_knn_args(demo_shards, empty))
+    assert status == 2 and "holds no model weights" in err
+
+
+def test_launcher_takes_overrides_anywhere(demo_shards, launch):
+    status, _, err = launch("knn.ks=[5000]", *dry_run_knn_args(demo_shards, "random"),
+                            "train.epochs=1")
+    assert status == 2
+    assert "k=5000 exceeds the" in err
+    status, _, err = launch("train.epochs=1", *dry_run_knn_args(demo_shards, "random"))
+    assert status == 0, err
+
+
+def checksummed_checkpoint(directory: Path) -> Path:
+    """A training checkpoint of a depth-2 tiny ViT written by the training loop's writer."""
+    import dataclasses
+
+    import torch
+
+    from ssit.backbones import ViTConfig, create_backbone
+    from ssit.train.checkpoint import save_checkpoint
+    from tests.backbones.conftest import method_checkpoint
+
+    backbone = ViTConfig(arch="vit_tiny_patch16_224", img_size=64, kwargs={"depth": 2})
+    torch.manual_seed(0)
+    state = method_checkpoint(create_backbone(backbone), None, dataclasses.asdict(backbone),
+                              "ssit")
+    return save_checkpoint(state, directory, keep=1)
+
+
+def test_grading_reads_a_training_checkpoint_with_its_checksum(tmp_path):
+    from ssit.evaluate.architecture import (
+        EncoderError,
+        check_encoder,
+        load_encoder_source,
+        resolve_encoder,
+    )
+    from ssit.evaluate.config import EncoderConfig
+    from ssit.train.checkpoint import verify_checksum
+
+    path = checksummed_checkpoint(tmp_path)
+    assert verify_checksum(path)
+    cfg = EncoderConfig(checkpoint=str(path), img_size=64)
+    source = load_encoder_source(cfg.checkpoint)
+    check_encoder(cfg, source)
+    assert resolve_encoder(cfg, source).model_kwargs == {"depth": 2}
+    mismatched = resolve_encoder(EncoderConfig(checkpoint=str(path), img_size=64,
+                                               arch="vit_small_patch16_224"), source, {"arch"})
+    with pytest.raises(EncoderError, match="shape mismatches"):
+        check_encoder(mismatched, source)
+    # One flipped byte in the middle: refused in words, before torch reads it.
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(EncoderError, match=rf"cannot use {path.name}: {path.name} is damaged: "
+                       "its contents do not match the checksum"):
+        load_encoder_source(str(path))
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\xff\xd8\xff\xe0JFIF", "is not UTF-8 text (byte 0xff at offset 0)"),
+    (b"train:\n  epochs: 1\n  epochs: 2\n", "key 'epochs' is given twice at line 3, column 3"),
+])
+def test_launcher_refuses_an_unusable_config_file_in_one_line(demo_shards, tmp_path, launch,
+                                                              content, message):
+    config = tmp_path / "grade.yaml"
+    config.write_bytes(content)
+    status, out, err = launch("--checkpoint", "random", "--dataset", "shards", "--data",
+                              str(demo_shards), "--dry-run", "--config", str(config))
+    assert status == 2 and out == ""
+    assert err.startswith(f"error: config {config} ") and message in err
+    assert err.count("\n") == 1

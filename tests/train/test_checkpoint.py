@@ -20,6 +20,7 @@ from ssit.train.checkpoint import (
     capture_rng_state,
     checkpoint_path,
     checkpoint_step,
+    estimated_checkpoint_bytes,
     list_checkpoints,
     load_checkpoint,
     load_latest_checkpoint,
@@ -28,6 +29,7 @@ from ssit.train.checkpoint import (
     restore_rng_state,
     rotate_checkpoints,
     save_checkpoint,
+    verify_checksum,
 )
 from tests.train.conftest import REPO_ROOT
 
@@ -142,16 +144,136 @@ def test_load_refuses_incomplete_or_foreign_files(tmp_path):
     state = _state(1)
     del state["pipeline_states"]
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match="lacks pipeline_states"):
-        load_checkpoint(path)
-    torch.save({**_state(1), "format": 99}, path)
-    with pytest.raises(CheckpointError, match="has format 99"):
+    with pytest.raises(CheckpointError, match="is not a pre-training checkpoint: it lacks "
+                       "pipeline_states"):
         load_checkpoint(path)
     torch.save([1, 2, 3], path)
-    with pytest.raises(CheckpointError, match="does not hold a checkpoint dictionary"):
+    with pytest.raises(CheckpointError, match="it holds a list, not a dictionary"):
         load_checkpoint(path)
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match=r"cannot read absent\.pt: No such file"):
         load_checkpoint(tmp_path / "absent.pt")
+
+
+class _Foreign:
+    """An object ``torch.load(weights_only=True)`` refuses to unpickle."""
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncate", r"checkpoint-00000003.pt is truncated \(\d+ bytes\): the file ends before its "
+                 "index"),
+    ("empty", r"checkpoint-00000003.pt is empty \(0 bytes\)"),
+    ("garbage", r"checkpoint-00000003.pt is not a checkpoint \(not a file written by torch.save\)"),
+    ("format", r"written by another version of ssit \(checkpoint format 99; this version "
+               r"reads 1\)"),
+    ("objects", r"written by another version of ssit or torch: it holds objects this version "
+                "does not load"),
+])
+def test_checkpoint_errors_say_what_is_wrong_in_words(tmp_path, damage, message):
+    save_checkpoint(_state(3), tmp_path, keep=5)
+    path = checkpoint_path(tmp_path, 3)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "garbage":
+        path.write_bytes(b"\x00\x01" * 4000)
+    elif damage == "format":
+        torch.save({**_state(3), "format": 99}, path)
+    else:
+        torch.save({**_state(3), "extra": _Foreign()}, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match=rf"no readable checkpoint in .*{message}.*resubmit "
+                       "with --restart to train again from step 0"):
+        load_latest_checkpoint(tmp_path)
+
+
+def _flip_a_byte_inside(path: Path, pattern: bytes) -> None:
+    data = bytearray(path.read_bytes())
+    where = data.find(pattern)
+    assert where > 0, "the tensor's bytes are not in the file"
+    data[where + 1] ^= 0x04
+    path.write_bytes(bytes(data))
+
+
+def test_checksum_is_verified_and_bit_rot_falls_back(tmp_path, caplog):
+    for step in (1, 2):
+        save_checkpoint(_state(step, 1.25 * step), tmp_path, keep=5)
+    newest = checkpoint_path(tmp_path, 2)
+    assert verify_checksum(newest)
+    # One changed bit in the weights: the file still loads with torch, but not with us.
+    _flip_a_byte_inside(newest, torch.full((3,), 2.5).numpy().tobytes())
+    assert torch.load(newest, weights_only=True)["model"]["weight"][0] != 2.5
+    with pytest.raises(CheckpointError, match=r"checkpoint-00000002\.pt is damaged: its contents "
+                       "do not match the checksum saved with it"):
+        load_checkpoint(newest)
+    with caplog.at_level(logging.WARNING, logger="ssit.train.checkpoint"):
+        path, state = load_latest_checkpoint(tmp_path)
+    assert path == checkpoint_path(tmp_path, 1) and state["step"] == 1
+    assert "is damaged" in caplog.text and "falling back" in caplog.text
+
+
+def test_checkpoint_without_checksum_still_loads_with_a_warning(tmp_path, caplog):
+    path = checkpoint_path(tmp_path, 4)
+    torch.save(_state(4), path)
+    assert not verify_checksum(path)
+    with caplog.at_level(logging.WARNING, logger="ssit.train.checkpoint"):
+        assert load_checkpoint(path)["step"] == 4
+    assert "has no checksum" in caplog.text
+
+
+def test_size_estimate_counts_shared_storage_once(tmp_path):
+    weight = torch.zeros(2**20)  # 4 MiB
+    state = {**_state(1), "model": {"a": weight, "b": weight[:10]}}
+    estimate = estimated_checkpoint_bytes(state)
+    assert 4 * 2**20 < estimate < 9 * 2**20
+    save_checkpoint(state, tmp_path, keep=2)
+    written = checkpoint_path(tmp_path, 1).stat().st_size
+    assert written <= estimate
+    bigger = estimated_checkpoint_bytes({"step": 2}, list_checkpoints(tmp_path))
+    assert bigger >= written
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 12 MiB tmpfs: a real file system that fills up (mounting needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_is_refused_before_writing_with_the_room_a_save_needs(small_filesystem):
+    state = {**_state(1), "model": {"weight": torch.zeros(2**20)}}  # 4 MiB per checkpoint
+    save_checkpoint(state, small_filesystem, keep=3)
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint({**state, "step": 2}, small_filesystem, keep=3)
+    message = str(info.value)
+    assert message.startswith(f"No space left on device for checkpoint-00000002.pt in "
+                              f"{small_filesystem}: a checkpoint needs about 8 MB and ")
+    assert "with checkpoint.keep=3 a run needs room for 4 checkpoints while saving" in message
+    # The earlier checkpoint is intact and nothing partial is left behind.
+    assert [p.name for p in small_filesystem.iterdir()] == ["checkpoint-00000001.pt"]
+    assert load_checkpoint(checkpoint_path(small_filesystem, 1))["step"] == 1
+
+
+def test_disk_filling_up_during_a_save_says_no_space_left(small_filesystem):
+    save_checkpoint(_state(1), small_filesystem, keep=3)
+    # Pickled text is not counted in the estimate, so the check passes and the write fails.
+    state = {**_state(2), "pipeline_states": ["x" * 16 * 2**20, "y"]}
+    with pytest.raises(CheckpointError, match=r"No space left on device for "
+                       r"checkpoint-00000002\.pt"):
+        save_checkpoint(state, small_filesystem, keep=3)
+    assert [p.name for p in small_filesystem.iterdir()] == ["checkpoint-00000001.pt"]
 
 
 def _start_saver(directory: Path, mode: str) -> subprocess.Popen:

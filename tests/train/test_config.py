@@ -151,10 +151,28 @@ def test_too_few_samples_counts_only_selected_shards(demo_shards, tmp_path):
         ("log.every_steps=0", "'log.every_steps' must be >= 1"),
         ("data.num_threads=0", "'data.num_threads' must be > 0"),
         ("method.w_ss=-1", "'method.w_ss' must be a finite number >= 0"),
+        ("method.temperature=.inf", "'method.temperature' must be a finite number > 0, got inf"),
+        ("seed=-1", "'seed' must be in [0, 2**63), got -1"),
+        (f"seed={2**64}", f"'seed' must be in [0, 2**63), got {2**64}"),
+        ("optim.lr=.nan", "'optim.lr' must be a finite number, got nan"),
+        ("optim.lr=.inf", "'optim.lr' must be a finite number, got inf"),
+        ("optim.warmup_epochs=nan", "'optim.warmup_epochs' must be a finite number, got nan"),
+        ("checkpoint.every_minutes=-.inf", "'checkpoint.every_minutes' must be a finite number"),
+        ("backbone.kwargs={depth: 2, drop_path_rate: .nan}",
+         "'backbone.kwargs.drop_path_rate' must be a finite number, got nan"),
     ],
 )
 def test_out_of_range_values_are_refused(demo_shards, override, expected):
     assert expected in _refused(_demo(demo_shards, override))
+
+
+def test_largest_seed_is_accepted(demo_shards):
+    validate_pretrain_config(_demo(demo_shards, f"seed={2**63 - 1}"), 1)
+
+
+def test_unknown_pool_mode_is_refused_by_the_method_section(demo_shards):
+    with pytest.raises(ConfigError, match=r"config key 'method.pool' must be one of .*got 'bogus'"):
+        _demo(demo_shards, "method.pool=bogus")
 
 
 def test_model_problems_are_refused(demo_shards):

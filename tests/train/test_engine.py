@@ -261,3 +261,36 @@ def test_each_new_method_trains_with_its_demo_config(demo_shards, tmp_path, one_
     state = load_checkpoint(tmp_path / config / "checkpoints" / "checkpoint-00000006.pt")
     assert (state["method"], state["backbone"]) == (name, "cnn")
     assert any(key.startswith("base_encoder.") for key in state["model"])
+
+
+def test_run_that_lost_every_checkpoint_never_restarts_silently(
+    demo_shards, tmp_path, one_thread, monkeypatch
+):
+    from ssit.train import pretrain_main
+    from ssit.train.checkpoint import CheckpointError
+    from ssit.train.run_folder import RestartRefusedError
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    cfg = load_config(PretrainConfig, "demo_tiny_cpu",
+                      tiny_overrides(demo_shards, **{"log.every_steps": 3}))
+    run_dir = tmp_path / "run"
+    pretrain_main(cfg, run_dir)
+    reference = load_checkpoint(run_dir / "checkpoints" / "checkpoint-00000012.pt")["model"]
+    for path in list_checkpoints(run_dir / "checkpoints"):
+        path.write_bytes(path.read_bytes()[:1000])
+
+    # First: the reason in words, and what to do.
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint .* checkpoint-00000012\.pt "
+                       r"is truncated .*resubmit with --restart"):
+        pretrain_main(cfg, run_dir)
+    # Then: no silent start from step 0 in a folder that trained before.
+    with pytest.raises(RestartRefusedError, match=r"has trained before \(it holds config\.yaml, "
+                       r"summary\.json, checkpoints/checkpoint-00000006\.pt\.unreadable"):
+        pretrain_main(cfg, run_dir)
+    assert not list_checkpoints(run_dir / "checkpoints")
+    # Unless asked to: then it trains again from step 0, to the same weights.
+    outcome = pretrain_main(cfg, run_dir, restart=True)
+    assert (outcome.status, outcome.step) == ("completed", TOTAL_STEPS)
+    restarted = load_checkpoint(run_dir / "checkpoints" / "checkpoint-00000012.pt")["model"]
+    _assert_same_tensors(reference, restarted, "model")

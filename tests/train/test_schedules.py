@@ -6,12 +6,8 @@ import math
 
 import pytest
 
-from ssit.train.schedules import (
-    ema_momentum,
-    learning_rate,
-    scaled_learning_rate,
-    segmentation_weight,
-)
+from ssit.methods.schedules import ema_momentum, segmentation_weight
+from ssit.train.schedules import learning_rate, scaled_learning_rate
 
 # Paper setting: base lr 1e-3, 40 warm-up epochs, 300 epochs in all.
 LR, WARMUP, TOTAL = 1e-3, 40, 300
