@@ -16,7 +16,7 @@ JOBS ?= $(shell nproc)
 DEMO_RAW ?= shards/raw/demo
 DEMO_N ?= 300
 
-.PHONY: install test lint demo shards bench cluster-up cluster-down clean
+.PHONY: install test lint demo shards bench gpu-check cluster-up cluster-down clean
 
 install: $(STAMP)
 
@@ -81,6 +81,12 @@ demo: shards
 
 bench: install
 	$(PY) -m benchmarks.run --out BENCHMARKS.md
+
+# make gpu-check: the GPU path measured and checked in one run (< 8 min on one GPU), on its own
+# synthetic shards; writes gpu-check.json and the "GPU check" section of BENCHMARKS.md. Without
+# a GPU it says so and measures nothing.
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check --out gpu-check.json --benchmarks BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) shards/raw shards/demo shards/demo-preview.png $(DEMO_RUN)

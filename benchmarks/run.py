@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("prepare", "pipeline", "model", "train", "methods")
+STAGES = ("prepare", "pipeline", "model", "train", "methods", "backbones")
 
 
 def replace_section(document: str, stage: str, body: str) -> str:

@@ -21,6 +21,7 @@ from ssit.backbones.config import BackboneConfig
 BACKBONE_KINDS: dict[str, str] = {
     "vit": "ssit.backbones.vit:VIT",
     "cnn": "ssit.backbones.cnn:CNN",
+    "msssl_hybrid": "ssit.backbones.msssl:MSSSL_HYBRID",
 }
 
 
@@ -71,3 +72,17 @@ def backbone_kind(name: str) -> BackboneKind:
 def create_backbone(cfg: BackboneConfig, pretrained: bool = False) -> nn.Module:
     """Build the backbone that ``cfg`` describes."""
     return backbone_kind(cfg.name).build(cfg, pretrained=pretrained)
+
+
+# timm modules whose models are class-token VisionTransformers (``backbone.name: vit``).
+TIMM_VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
+
+
+def timm_backbone_name(arch: str) -> str:
+    """The backbone kind of a timm architecture: ``vit`` for timm's ViT family, else ``cnn``."""
+    import timm
+
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm model {arch!r}")
+    module = timm.models.model_entrypoint(arch).__module__
+    return "vit" if module in TIMM_VIT_MODULES else "cnn"

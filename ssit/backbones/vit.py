@@ -20,7 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ssit.backbones.config import BackboneConfig, ViTConfig
-from ssit.backbones.registry import BackboneKind
+from ssit.backbones.registry import BackboneKind, timm_backbone_name
 from ssit.backbones.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ def create_vit(
     size divisible by the patch size. ``encoder_kwargs`` go to ``timm.create_model`` and may
     override the defaults (no drop-path, fixed input size).
     """
-    if not timm.is_model(arch):
-        raise ValueError(f"unknown timm model {arch!r}")
-    if timm.models.model_entrypoint(arch).__module__ != VisionTransformer.__module__:
+    if timm_backbone_name(arch) != "vit":
         raise ValueError(f"{arch} is not a timm VisionTransformer (for CNNs use backbone.name=cnn)")
     kwargs: dict[str, Any] = {"drop_path_rate": 0.0, "dynamic_img_size": False}
     kwargs.update(encoder_kwargs or {})

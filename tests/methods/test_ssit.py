@@ -212,7 +212,7 @@ def test_avg_pooling_is_selectable(make_ssit) -> None:
     ("overrides", "match"),
     [
         ({"arch": "no_such_vit"}, "unknown"),
-        ({"arch": "resnet18"}, "cannot create"),
+        ({"arch": "resnet18"}, "not a timm VisionTransformer"),
         ({"arch": "deit_tiny_distilled_patch16_224"}, "VisionTransformer"),
         ({"arch": "vit_medium_patch16_gap_256"}, "class token"),
         ({"img_size": 72}, "divisible"),
