@@ -193,3 +193,22 @@ def test_summary_reports_the_loss_trend(tmp_path: Path) -> None:
         "log: /r/log.txt",
         "tensorboard: tensorboard --logdir /r/tensorboard",
     ]
+
+
+@pytest.mark.slow
+def test_a_failing_local_job_shows_its_exception(demo_shards: Path, tmp_path: Path) -> None:
+    """The job raises inside (where it saves its config there is a folder): the launcher's
+    output ends with the task's traceback and exception, not only the path of its error log."""
+    run = tmp_path / "run"
+    (run / "config.yaml").mkdir(parents=True)
+    out = io.StringIO()
+    status = launch_pretrain(tiny(demo_shards, "--cpu", "--local", "--output", str(run),
+                                  "optim.epochs=1", "log.progress_bar=false",
+                                  "log.image_every_steps=null"), out)
+    assert status == 1
+    text = out.getvalue()
+    assert "the job failed" in text
+    excerpt = text[text.index("_0_log.err ends with:\n"):].splitlines()
+    assert 4 <= len(excerpt) <= 13 and all(line.startswith("  ") for line in excerpt[1:])
+    assert "save_config" in text
+    assert "IsADirectoryError" in excerpt[-1] and str(run / "config.yaml") in excerpt[-1]

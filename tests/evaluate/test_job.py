@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,23 @@ def test_old_ssit_checkpoint_grades_by_knn(layouts, crop_cache, tmp_path):
     result = run_grading(config, tmp_path)
     assert result["arch"] == "vit_tiny_patch16_224"
     assert result["selected"] in ("k=5", "k=10", "k=20")
+
+
+def test_launcher_shows_why_a_job_failed(demo_shards, tmp_path, launch):
+    """A job that raises inside (the JPEG headers of its first shard are zeroed): the launcher
+    prints the job's traceback and exception, not only the path of its error log."""
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_shards, broken)
+    first = sorted(broken.glob("*.tar"))[0]
+    data = first.read_bytes()
+    assert b"\xff\xd8\xff" in data
+    first.write_bytes(data.replace(b"\xff\xd8\xff", bytes(3)))
+    status, out, _ = launch("--checkpoint", "random", "--dataset", "shards", "--data",
+                            str(broken), "--protocol", "knn", "--cpu", "--local", "--config",
+                            "grade_tiny_cpu", "--output", str(tmp_path / "run"), *TINY)
+    assert status == 1
+    assert "(shards-knn) failed" in out
+    excerpt = out[out.index("_0_log.err ends with:\n"):].splitlines()
+    assert 2 <= len(excerpt) <= 13 and all(line.startswith("  ") for line in excerpt[1:])
+    assert "Error" in excerpt[-1]
+    assert not (tmp_path / "run" / "summary.json").exists()
