@@ -16,7 +16,7 @@ JOBS ?= $(shell nproc)
 DEMO_RAW ?= shards/raw/demo
 DEMO_N ?= 300
 
-.PHONY: install test lint demo shards bench cluster-up cluster-down clean
+.PHONY: install test lint demo shards bench gpu-check cluster-up cluster-down clean
 
 install: $(STAMP)
 
@@ -67,23 +67,56 @@ else
 	  --out shards/$(DATASET) --dataset $(DATASET) --jobs $(JOBS)
 endif
 
-# make demo: demo shards, then a short pre-training of the tiny ViT on CPU through the launcher
-# (submitit's local executor, DEMO_TASKS gloo ranks), then a summary of the run.
+# make demo: the main job end to end on CPU. Two synthetic sets that share no image (other
+# seeds, other names): an unlabelled one for pre-training and a labelled one for grading. SSiT
+# pre-trains the tiny ViT of demo_ssit_cpu through the launcher (submitit's local executor,
+# DEMO_TASKS gloo ranks); then kNN and a linear probe grade it and a random encoder of the same
+# architecture on the labelled set (runs/demo/grade), and a table compares them.
 DEMO_RUN ?= runs/demo
 DEMO_TASKS ?= 2
+DEMO_PRETRAIN_N ?= 600
+DEMO_GRADE_N ?= 500
+DEMO_HEIGHT ?= 400 480
+DEMO_PRETRAIN_SHARDS ?= shards/demo-pretrain
+DEMO_GRADE_SHARDS ?= shards/demo-grade
+DEMO_GRADE = $(PY) launch/grade.py --dataset shards --data $(DEMO_GRADE_SHARDS) \
+  --protocol knn linear --cpu --local --config grade_demo_cpu
 
-demo: shards
-	$(VENV)/bin/ssit preview shards/demo --out shards/demo-preview.png --n 16
+$(DEMO_PRETRAIN_SHARDS)/manifest.json: | $(STAMP)
+	$(VENV)/bin/ssit synth --out shards/raw/demo-pretrain --n $(DEMO_PRETRAIN_N) --seed 0 \
+	  --height $(DEMO_HEIGHT) --jobs $(JOBS)
+	$(VENV)/bin/ssit shards --input shards/raw/demo-pretrain --out $(DEMO_PRETRAIN_SHARDS) \
+	  --dataset demo-pretrain --shard-size 100 --jobs $(JOBS)
+
+$(DEMO_GRADE_SHARDS)/manifest.json: | $(STAMP)
+	$(VENV)/bin/ssit synth --out shards/raw/demo-grade --n $(DEMO_GRADE_N) --seed 1 \
+	  --height $(DEMO_HEIGHT) --jobs $(JOBS)
+	$(VENV)/bin/ssit shards --input shards/raw/demo-grade --labels shards/raw/demo-grade/labels.csv \
+	  --out $(DEMO_GRADE_SHARDS) --dataset demo-grade --shard-size 100 --jobs $(JOBS)
+
+demo: install $(DEMO_PRETRAIN_SHARDS)/manifest.json $(DEMO_GRADE_SHARDS)/manifest.json
+	$(VENV)/bin/ssit preview $(DEMO_GRADE_SHARDS) --out shards/demo-preview.png --n 16
 	@echo "contact sheet: shards/demo-preview.png"
 	rm -rf $(DEMO_RUN)
 	$(PY) launch/pretrain.py --local --cpu --tasks-per-node $(DEMO_TASKS) --time 60 \
-	  --config demo_tiny_cpu --output $(DEMO_RUN) data.shards=shards/demo
+	  --config demo_ssit_cpu --output $(DEMO_RUN)/pretrain data.shards=$(DEMO_PRETRAIN_SHARDS)
+	$(DEMO_GRADE) --output $(DEMO_RUN)/grade/pretrained --checkpoint \
+	  $$($(PY) -c "import json; print(json.load(open('$(DEMO_RUN)/pretrain/summary.json'))['final_checkpoint'])")
+	$(DEMO_GRADE) --output $(DEMO_RUN)/grade/random --checkpoint random
+	$(PY) launch/demo_table.py $(DEMO_RUN)/grade
 
 bench: install
 	$(PY) -m benchmarks.run --out BENCHMARKS.md
 
+# make gpu-check: the GPU path measured and checked in one run (< 8 min on one GPU), on its own
+# synthetic shards; writes gpu-check.json and the "GPU check" section of BENCHMARKS.md. Without
+# a GPU it says so and measures nothing.
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check --out gpu-check.json --benchmarks BENCHMARKS.md
+
 clean:
-	rm -rf $(VENV) shards/raw shards/demo shards/demo-preview.png $(DEMO_RUN)
+	rm -rf $(VENV) shards/raw shards/demo shards/demo-preview.png $(DEMO_PRETRAIN_SHARDS) \
+	  $(DEMO_GRADE_SHARDS) $(DEMO_RUN)
 
 # One-machine SLURM test cluster (root, Debian's slurmctld, slurmd and slurm-client): one
 # controller and two nodes; afterwards `export SLURM_CONF=$(SSIT_CLUSTER_DIR)/slurm.conf`.

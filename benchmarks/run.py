@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("prepare", "pipeline", "model", "train", "methods")
+STAGES = ("prepare", "pipeline", "model", "train", "methods", "backbones", "methods_table")
 
 
 def replace_section(document: str, stage: str, body: str) -> str:

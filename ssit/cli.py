@@ -174,6 +174,32 @@ def _preview_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- ssit attention
+
+
+def _attention_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path,
+                        help="training checkpoint (ViT backbone) or file written by `ssit export`")
+    parser.add_argument("--shards", type=Path, required=True,
+                        help="shard folder (or a glob of .tar files) with saliency maps")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--n", type=positive_int, default=8, help="number of samples (8)")
+
+
+def _attention_run(args: argparse.Namespace) -> int:
+    from ssit.evaluate.attention import write_attention_figure
+
+    shown = write_attention_figure(args.checkpoint, args.shards, args.out, n=args.n)
+    print(f"wrote {args.out} ({shown} samples)")
+    return 0
+
+
+def _attention_errors() -> tuple[type[BaseException], ...]:
+    from ssit.evaluate.attention import USER_ERRORS
+
+    return (*USER_ERRORS, *_prepare_errors())
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("synth", "write synthetic graded fundus photographs and labels.csv",
                _synth_arguments, _synth_run, _prepare_errors),
@@ -181,6 +207,9 @@ SUBCOMMANDS: list[Subcommand] = [
                _shards_arguments, _shards_run, _prepare_errors),
     Subcommand("preview", "draw a contact sheet of shard samples with their saliency maps",
                _preview_arguments, _preview_run, _prepare_errors),
+    Subcommand("attention", "draw crops, saliency maps and the last block's class-token "
+               "attention of a checkpoint's ViT", _attention_arguments, _attention_run,
+               _attention_errors),
     Subcommand("export", EXPORT_HELP, add_export_arguments, run_export, export_errors),
 ]
 

@@ -9,6 +9,7 @@ from ssit.backbones.config import (
     BACKBONE_CONFIGS,
     BackboneConfig,
     CNNConfig,
+    MsSSLConfig,
     TimmBackboneConfig,
     ViTConfig,
 )
@@ -19,6 +20,7 @@ from ssit.backbones.extract import (
     describe_backbone,
     extract_backbone,
     fit_backbone_state,
+    load_exported_backbone,
     saved_backbone_config,
 )
 from ssit.backbones.registry import (
@@ -44,6 +46,7 @@ __all__ = [
     "Branch",
     "CNNConfig",
     "CheckpointError",
+    "MsSSLConfig",
     "TimmBackboneConfig",
     "ViTConfig",
     "backbone_kind",
@@ -53,6 +56,7 @@ __all__ = [
     "describe_backbone",
     "extract_backbone",
     "fit_backbone_state",
+    "load_exported_backbone",
     "load_into",
     "read_checkpoint",
     "saved_backbone_config",

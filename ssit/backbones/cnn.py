@@ -15,15 +15,15 @@ import timm
 from torch import nn
 
 from ssit.backbones.config import BackboneConfig, CNNConfig
-from ssit.backbones.registry import BackboneKind
+from ssit.backbones.registry import BackboneKind, timm_backbone_name
 
 
 def create_cnn(
     arch: str, pretrained: bool = False, kwargs: Mapping[str, Any] | None = None
 ) -> nn.Module:
     """A timm CNN without classifier; refuses transformers (use ``backbone.name: vit``)."""
-    if not timm.is_model(arch):
-        raise ValueError(f"unknown timm model {arch!r}")
+    if timm_backbone_name(arch) != "cnn":
+        raise ValueError(f"{arch} is a transformer, not a CNN; use backbone.name=vit")
     try:
         model = timm.create_model(arch, pretrained=pretrained, num_classes=0, **dict(kwargs or {}))
     except TypeError as error:

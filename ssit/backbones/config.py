@@ -8,7 +8,7 @@ so launchers can load and check configurations quickly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -56,4 +56,33 @@ class CNNConfig(TimmBackboneConfig):
     arch: str = "resnet50"
 
 
-BACKBONE_CONFIGS: dict[str, type[BackboneConfig]] = {"vit": ViTConfig, "cnn": CNNConfig}
+@dataclass
+class MsSSLConfig(TimmBackboneConfig):
+    """The MsSSL hybrid (a reconstruction, see :mod:`ssit.backbones.msssl`).
+
+    ``arch`` and ``kwargs`` describe the ViT branch, ``cnn_arch``, ``cnn_kwargs`` and
+    ``cnn_levels`` (timm ``out_indices``; 1-4 are C2-C5 of a ResNet) the CNN branch. The
+    choices the paper's abstract leaves open are options: ``fpn_width``, ``fusion`` of the
+    pyramid levels with the ViT map (``concat`` or ``sum``), ``deep_learner_rounds`` and the
+    CBAM ``cbam_reduction``.
+    """
+
+    name: str = "msssl_hybrid"
+    cnn_arch: str = "resnet50"
+    cnn_kwargs: dict[str, Any] = field(default_factory=dict)
+    cnn_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    fpn_width: int = 256
+    fusion: Literal["concat", "sum"] = "concat"
+    deep_learner_rounds: int = 2
+    cbam_reduction: int = 16
+
+    @property
+    def uses_tokens(self) -> bool:
+        return True
+
+
+BACKBONE_CONFIGS: dict[str, type[BackboneConfig]] = {
+    "vit": ViTConfig,
+    "cnn": CNNConfig,
+    "msssl_hybrid": MsSSLConfig,
+}

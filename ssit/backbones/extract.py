@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -99,3 +100,20 @@ def saved_backbone_config(checkpoint: Mapping[str, Any]) -> BackboneConfig | Non
         return ViTConfig(arch=model["arch"], img_size=int(model.get("img_size", 224)),
                          kwargs=dict(model.get("encoder_kwargs") or {}))
     return None
+
+
+def load_exported_backbone(path: str | Path) -> nn.Module:
+    """The backbone that ``ssit export`` wrote to ``path``, rebuilt from the file's metadata.
+
+    Works for every kind (timm ViTs and CNNs also load with ``timm.create_model``).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    kind = backbone_kind(metadata.get("backbone", "vit"))
+    cfg = kind.config_from_metadata(metadata)
+    model = kind.build(cfg)
+    load_into(model, load_file(str(path)), strict=True, what=f"{describe_backbone(cfg)} backbone")
+    return model

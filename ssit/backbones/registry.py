@@ -21,6 +21,7 @@ from ssit.backbones.config import BackboneConfig
 BACKBONE_KINDS: dict[str, str] = {
     "vit": "ssit.backbones.vit:VIT",
     "cnn": "ssit.backbones.cnn:CNN",
+    "msssl_hybrid": "ssit.backbones.msssl:MSSSL_HYBRID",
 }
 
 

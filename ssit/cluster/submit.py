@@ -32,7 +32,7 @@ from ssit.cluster.executor import (
 )
 from ssit.cluster.job import PretrainJob
 from ssit.config import ConfigError, config_to_dict, load_config, read_yaml
-from ssit.error_text import last_line
+from ssit.error_text import failure_excerpt, last_line
 from ssit.train.checkpoint import list_checkpoints, recorded_world_size
 from ssit.train.config import (
     DEFAULT_CONFIG,
@@ -251,6 +251,7 @@ def _wait_local(job: Any, plan: PretrainPlan, out: TextIO) -> int:
     except Exception as error:  # submitit raises the job's own error or a missing-result error
         out.write(f"the job failed ({last_line(error)}); see {job.paths.stderr} and "
                   f"{plan.run_dir / 'log.txt'}\n")
+        out.write(failure_excerpt([job.task(i).paths.stderr for i in range(job.num_tasks)]))
         return 1
     if outcome.status == "completed":
         out.write(format_summary(plan.run_dir))

@@ -125,13 +125,18 @@ def backbone_name_of(arch: str) -> str:
         raise EncoderError(str(error)) from None
 
 
-def backbone_config(cfg: EncoderConfig) -> BackboneConfig:
-    """The backbone section that ``cfg`` describes as configured (``auto``: kind from the arch)."""
+def backbone_config(cfg: EncoderConfig, recorded: BackboneConfig | None = None) -> BackboneConfig:
+    """The backbone section that ``cfg`` describes as configured (``auto``: kind from the arch).
+
+    A ``recorded`` section of the same kind keeps its other fields (the hybrid's CNN branch).
+    """
     name = cfg.backbone
     if name == AUTO_BACKBONE:
         name = backbone_name_of(cfg.arch)
-    return BACKBONE_CONFIGS[name](arch=cfg.arch, img_size=cfg.img_size,
-                                  kwargs=dict(cfg.model_kwargs))
+    values = {"arch": cfg.arch, "img_size": cfg.img_size, "kwargs": dict(cfg.model_kwargs)}
+    if recorded is not None and recorded.name == name:
+        return dataclasses.replace(recorded, **values)
+    return BACKBONE_CONFIGS[name](**values)
 
 
 def resolve_encoder(
@@ -170,7 +175,7 @@ def check_encoder(cfg: EncoderConfig, source: EncoderSource | None) -> None:
     Raises EncoderError with one line naming what the checkpoint holds.
     """
     resolved = resolve_encoder(cfg, source)
-    backbone = backbone_config(resolved)
+    backbone = backbone_config(resolved, source.recorded if source is not None else None)
     try:
         with torch.device("meta"):
             model = backbone_kind(backbone.name).build(backbone)

@@ -16,11 +16,12 @@ from ssit.evaluate.metrics import REGRESSION_THRESHOLDS
 from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
 DATASETS = ("eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards")
-PROTOCOLS = ("finetune", "linear", "knn")
+PROTOCOLS = ("finetune", "linear", "knn", "semisup")
+SPLIT_METHODS = ("random", "voets")
 SEED_LIMIT = 2**63
 
 Dataset = Literal["eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards"]
-Protocol = Literal["finetune", "linear", "knn"]
+Protocol = Literal["finetune", "linear", "knn", "semisup"]
 
 
 RANDOM_ENCODER = "random"
@@ -64,6 +65,11 @@ class DataConfig:
     split_seed: int = 0
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
     split_file: str = ""  # reuse a split.csv written by an earlier run
+    # random: per grade by split_fractions and split_seed; voets: Voets et al.'s referable-DR
+    # partition of all labelled images (see ssit.evaluate.subsets), drawn with split_seed 42
+    split: Literal["random", "voets"] = "random"
+    # external test sets, dataset name -> folder: the selected model is also tested on each
+    test_sets: dict[str, str] = field(default_factory=dict)
     num_workers: int = 4
     mean: list[float] = field(default_factory=lambda: list(EYEPACS_MEAN))
     std: list[float] = field(default_factory=lambda: list(EYEPACS_STD))
@@ -83,6 +89,11 @@ class DataConfig:
             raise ValueError("data.num_workers must be >= 0")
         if not 0 <= self.split_seed < SEED_LIMIT:
             raise ValueError(f"data.split_seed must be in [0, 2**63), got {self.split_seed}")
+        for name, path in self.test_sets.items():
+            if name not in DATASETS:
+                raise ValueError(f"data.test_sets: {name!r} is not one of {', '.join(DATASETS)}")
+            if not path:
+                raise ValueError(f"data.test_sets.{name} has no folder")
 
 
 @dataclass
@@ -182,14 +193,74 @@ class KnnConfig:
 
 
 @dataclass
+class StageConfig:
+    """SGD training of one stage of the semi-supervised protocol (constant learning rate)."""
+
+    epochs: int = 30
+    lr: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("semisup stage epochs and batch_size must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("semisup stage needs lr > 0, weight_decay >= 0, momentum in [0, 1)")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("semisup stage: nesterov needs a positive momentum")
+
+
+@dataclass
+class SemisupConfig:
+    """Semi-supervised referable-DR grading with distillation (teacher -> student).
+
+    The labelled subset holds ``labelled_size`` training images (or ``labelled_fraction`` of
+    them; set the other to null), half referable. ``student_weights``: ``imagenet`` (timm's,
+    where this machine can load them), ``random``, or a local weight file for ``student_arch``.
+    """
+
+    labelled_size: int | None = 1000
+    labelled_fraction: float | None = None
+    subset_seed: int = 42
+    head_hidden: int = 512
+    teacher: StageConfig = field(default_factory=lambda: StageConfig(
+        epochs=30, lr=0.05, nesterov=False, weight_decay=1e-4))
+    pseudo_labels: Literal["hard", "soft"] = "hard"
+    pseudo_threshold: float = 0.5
+    teacher_bn: Literal["eval", "train"] = "eval"
+    student_arch: str = "densenet161"
+    student_weights: str = "imagenet"
+    student_kwargs: dict[str, Any] = field(default_factory=dict)
+    student: StageConfig = field(default_factory=lambda: StageConfig(epochs=30))
+    student_finetune: StageConfig = field(default_factory=lambda: StageConfig(epochs=99))
+
+    def __post_init__(self) -> None:
+        if (self.labelled_size is None) == (self.labelled_fraction is None):
+            raise ValueError("semisup: set exactly one of labelled_size and labelled_fraction")
+        if self.labelled_size is not None and self.labelled_size < 2:
+            raise ValueError("semisup.labelled_size must be at least 2")
+        if self.labelled_fraction is not None and not 0 < self.labelled_fraction < 1:
+            raise ValueError("semisup.labelled_fraction must be in (0, 1)")
+        if not 0 < self.pseudo_threshold < 1:
+            raise ValueError("semisup.pseudo_threshold must be in (0, 1)")
+        if self.head_hidden < 1:
+            raise ValueError("semisup.head_hidden must be >= 1")
+        if not self.student_arch or not self.student_weights:
+            raise ValueError("semisup.student_arch and student_weights must not be empty")
+
+
+@dataclass
 class GradeConfig:
-    """A grading job: encoder, data, augmentation, optimisation and kNN settings."""
+    """A grading job: encoder, data, augmentation, optimisation, kNN and semisup settings."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+    semisup: SemisupConfig = field(default_factory=SemisupConfig)
 
     def __post_init__(self) -> None:
         for key, value in non_finite_values(self).items():

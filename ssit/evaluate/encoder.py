@@ -62,7 +62,7 @@ def create_encoder(cfg: EncoderConfig, source: EncoderSource | None = None) -> E
         if source is None:
             source = load_encoder_source(cfg.checkpoint)
         resolved = resolve_encoder(cfg, source)
-        backbone = backbone_config(resolved)
+        backbone = backbone_config(resolved, source.recorded if source is not None else None)
         kind = backbone_kind(backbone.name)
         if source is None:
             LOGGER.info("encoder: randomly initialised %s (%s)", resolved.arch, backbone.name)

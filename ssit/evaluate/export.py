@@ -79,7 +79,14 @@ def export_backbone(
 
 
 def timm_load_call(path: str | Path, metadata: Mapping[str, str]) -> str:
-    """The ``timm.create_model`` call that loads an exported file, as Python source."""
+    """The call that loads an exported file, as Python source.
+
+    timm models load with ``timm.create_model``; backbones of our own (the MsSSL hybrid) are
+    rebuilt from the file's metadata by their kind.
+    """
+    name = metadata.get("backbone", "vit")
+    if name not in ("vit", "cnn"):
+        return f"ssit.backbones.load_exported_backbone({str(path)!r})"
     extra: dict[str, Any] = {}
     if metadata.get("backbone", "vit") == "vit":
         extra["img_size"] = int(metadata["img_size"])

@@ -29,7 +29,6 @@ from ssit.evaluate.architecture import (
     EncoderError,
     EncoderSource,
     check_encoder,
-    load_encoder_source,
     resolve_encoder,
 )
 from ssit.evaluate.config import GradeConfig
@@ -49,6 +48,15 @@ from ssit.evaluate.knn import extract_pooled_features, knn_grade
 from ssit.evaluate.metrics import grades_from_scores
 from ssit.evaluate.precision import resolve_device
 from ssit.evaluate.report import draw_confusion_matrix, json_ready, result_table, write_json
+from ssit.evaluate.semisup import run_semisup
+from ssit.evaluate.subsets import write_voets_split
+from ssit.evaluate.summary import semisup_table
+from ssit.evaluate.test_sets import (
+    check_test_sets,
+    is_timm_source,
+    load_test_sets,
+    read_encoder_source,
+)
 from ssit.evaluate.transforms import eval_transform, train_transform
 from ssit.train.config import resolve_precision
 
@@ -82,12 +90,23 @@ def validate_grading_config(cfg: GradeConfig, source: EncoderSource | None = Non
                 )
     except DatasetError as error:
         raise ConfigError(str(error)) from None
+    try:
+        check_test_sets(cfg.data)
+    except DatasetError as error:
+        raise ConfigError(str(error)) from None
+    semi = cfg.semisup
+    if (cfg.train.protocol == "semisup" and semi.student_weights not in ("imagenet", "random")
+            and not Path(semi.student_weights).expanduser().is_file()):
+        raise ConfigError(f"semisup.student_weights {semi.student_weights} does not exist "
+                          "(or use imagenet or random)")
     checkpoint = cfg.encoder.checkpoint
-    if checkpoint != "random" and not Path(checkpoint).expanduser().is_file():
-        raise ConfigError(f"encoder.checkpoint {checkpoint} does not exist (or use 'random')")
+    if (checkpoint != "random" and not is_timm_source(checkpoint)
+            and not Path(checkpoint).expanduser().is_file()):
+        raise ConfigError(f"encoder.checkpoint {checkpoint} does not exist (or use 'random' "
+                          "or timm:<name>)")
     try:
         if source is None:
-            source = load_encoder_source(checkpoint)
+            source = read_encoder_source(checkpoint)
         check_encoder(cfg.encoder, source)
     except EncoderError as error:
         raise ConfigError(str(error)) from None
@@ -111,16 +130,26 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
         precision = resolve_precision(cfg.train.precision, device.type)
         LOGGER.info("grading %s with %s on %s (%s, %s)", cfg.data.dataset, cfg.train.protocol,
                     cfg.encoder.checkpoint, device, precision)
+        write_voets_split(cfg.data, out_dir)
         splits = load_grading_data(cfg.data, out_dir)
-        source = load_encoder_source(cfg.encoder.checkpoint)
+        test_sets = load_test_sets(cfg.data)
+        source = read_encoder_source(cfg.encoder.checkpoint)
         cfg = dataclasses.replace(cfg, encoder=resolve_encoder(cfg.encoder, source))
         save_config(cfg, out_dir / "config.yaml")
         backbone = create_encoder(cfg.encoder, source).to(device)
         del source
-        if cfg.train.protocol == "knn":
-            outcome = _run_knn(cfg, backbone, splits, device, precision, out_dir)
+        if cfg.train.protocol == "semisup":
+            def make_loader(items, transform, batch_size, shuffle):
+                return _loader(items, transform, batch_size, shuffle, cfg, device)
+
+            outcome = run_semisup(cfg, backbone, splits, test_sets, make_loader, device,
+                                  precision, out_dir)
+        elif cfg.train.protocol == "knn":
+            outcome = _run_knn(cfg, backbone, {**splits, **test_sets}, device, precision,
+                               out_dir)
         else:
-            outcome = _run_regression(cfg, backbone, splits, device, precision, out_dir)
+            outcome = _run_regression(cfg, backbone, {**splits, **test_sets}, device,
+                                      precision, out_dir)
         result = {
             "dataset": cfg.data.dataset,
             "protocol": cfg.train.protocol,
@@ -129,17 +158,24 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
             "arch": cfg.encoder.arch,
             "img_size": cfg.encoder.img_size,
             "data": cfg.data.path,
-            "class_counts": {name: class_counts(splits[name]) for name in SPLITS},
+            "class_counts": {name: class_counts(items)
+                             for name, items in {**splits, **test_sets}.items()},
             **outcome,
             "elapsed_s": round(time.time() - started, 1),
             "out_dir": str(out_dir),
         }
-        selected = result["test"][result["selected"]]
-        draw_confusion_matrix(
-            selected["confusion_matrix"], out_dir / "confusion.png",
-            f"{result['dataset']} {result['protocol']} {result['encoder']} "
-            f"(kappa {selected['kappa']:.3f})",
-        )
+        if cfg.train.protocol == "semisup":
+            write_json(result, done)
+            LOGGER.info("results in %s\n%s", done, semisup_table(result))
+            return json_ready(result)
+        for name in ("test", *result["test_sets"]):
+            selected = result[name][result["selected"]]
+            draw_confusion_matrix(
+                selected["confusion_matrix"],
+                out_dir / ("confusion.png" if name == "test" else f"confusion_{name}.png"),
+                f"{name}: {result['dataset']} {result['protocol']} {result['encoder']} "
+                f"(kappa {selected['kappa']:.3f})",
+            )
         write_json(result, done)
         LOGGER.info("results in %s\n%s", done, result_table(result))
     return json_ready(result)
@@ -168,19 +204,20 @@ def _run_regression(
     augment = train_transform(cfg.augment, cfg.encoder.img_size, data.mean, data.std)
     plain = eval_transform(cfg.encoder.img_size, data.mean, data.std)
     train_loader = _loader(splits["train"], augment, train.batch_size, True, cfg, device)
+    external = [name for name in splits if name not in SPLITS]
     loaders = {name: _loader(splits[name], plain, train.eval_batch_size, False, cfg, device)
-               for name in ("val", "test")}
+               for name in ("val", "test", *external)}
     fit = fit_regression(model, train_loader, loaders["val"], train, out_dir, device, precision)
     setting = f"epoch {fit.best_epoch}"
     metrics = {}
     for name, loader in loaders.items():
         scores, grades = predict_scores(model, loader, device, precision, desc=name)
         metrics[name] = {setting: regression_metrics(scores, grades, train.thresholds)}
-        if name == "test":
+        if name != "val":
             predicted = grades_from_scores(scores, train.thresholds)
-            _write_predictions(out_dir / "predictions.csv", splits[name],
+            _write_predictions(_predictions_path(out_dir, name), splits[name],
                                ("score", "predicted"), zip(scores, predicted, strict=True))
-    return {**metrics, "selected": setting, "history": fit.history}
+    return {**metrics, "selected": setting, "history": fit.history, "test_sets": external}
 
 
 def _run_knn(
@@ -190,23 +227,28 @@ def _run_knn(
     plain = eval_transform(cfg.encoder.img_size, cfg.data.mean, cfg.data.std)
     features = {
         name: extract_pooled_features(
-            backbone, _loader(splits[name], plain, cfg.train.eval_batch_size, False, cfg, device),
+            backbone, _loader(items, plain, cfg.train.eval_batch_size, False, cfg, device),
             device, precision, desc=f"{name} features")
-        for name in SPLITS
+        for name, items in splits.items()
     }
-    graded = knn_grade(features["train"], features["val"], features["test"], cfg.knn.ks,
-                       cfg.knn.temperature)
-    predicted, probs = graded.test_predicted, graded.test_probs
-    _write_predictions(out_dir / "predictions.csv", splits["test"],
-                       ("predicted", *(f"p{g}" for g in range(probs.shape[1]))),
-                       ((int(p), *row) for p, row in zip(predicted.tolist(), probs.tolist(),
-                                                         strict=True)))
-    return {
-        "val": {f"k={k}": metrics for k, metrics in graded.val.items()},
-        "test": {f"k={k}": metrics for k, metrics in graded.test.items()},
-        "selected": f"k={graded.selected_k}",
-        "temperature": cfg.knn.temperature,
-    }
+    external = [name for name in splits if name not in SPLITS]
+    outcome: dict[str, Any] = {"temperature": cfg.knn.temperature, "test_sets": external}
+    for name in ("test", *external):
+        graded = knn_grade(features["train"], features["val"], features[name], cfg.knn.ks,
+                           cfg.knn.temperature)
+        predicted, probs = graded.test_predicted, graded.test_probs
+        _write_predictions(_predictions_path(out_dir, name), splits[name],
+                           ("predicted", *(f"p{g}" for g in range(probs.shape[1]))),
+                           ((int(p), *row) for p, row in zip(predicted.tolist(), probs.tolist(),
+                                                             strict=True)))
+        outcome["val"] = {f"k={k}": metrics for k, metrics in graded.val.items()}
+        outcome[name] = {f"k={k}": metrics for k, metrics in graded.test.items()}
+        outcome["selected"] = f"k={graded.selected_k}"
+    return outcome
+
+
+def _predictions_path(out_dir: Path, name: str) -> Path:
+    return out_dir / ("predictions.csv" if name == "test" else f"predictions_{name}.csv")
 
 
 def _loader(

@@ -28,11 +28,13 @@ from ssit.cluster.executor import (
     sbatch_preview,
 )
 from ssit.config import ConfigError, load_config
-from ssit.error_text import last_line
-from ssit.evaluate.architecture import EncoderSource, load_encoder_source, resolve_encoder
+from ssit.error_text import failure_excerpt, last_line
+from ssit.evaluate.architecture import EncoderSource, resolve_encoder
 from ssit.evaluate.config import DATASETS, PROTOCOLS, RANDOM_ENCODER, EncoderConfig, GradeConfig
 from ssit.evaluate.job import RESULTS_FILE, GradingJob, validate_grading_config
-from ssit.evaluate.report import summary_table, write_json
+from ssit.evaluate.report import write_json
+from ssit.evaluate.summary import summary_table
+from ssit.evaluate.test_sets import is_timm_source, read_encoder_source
 
 DEFAULT_CONFIG = "grade_paper"
 JOB_NAME = "ssit-grade"
@@ -74,7 +76,8 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every option of the grading launcher to ``parser``."""
     parser.add_argument(
         "--checkpoint",
-        help="training checkpoint, .safetensors file from 'ssit export', or 'random'",
+        help="training checkpoint (ours, the SSiT authors', RETFound's), .safetensors file "
+             "from 'ssit export', timm:<name>[=<weights file>], or 'random'",
     )
     parser.add_argument("--arch", help="timm architecture (default: the one the checkpoint "
                         "records, else encoder.arch of the config)")
@@ -84,6 +87,7 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"one or more of {', '.join(DATASETS)}")
     parser.add_argument("--data", nargs="+", type=Path, metavar="PATH",
                         help="dataset folder, one per --dataset in the same order")
+    add_test_set_arguments(parser)
     parser.add_argument("--protocol", nargs="+", default=["finetune"], metavar="NAME",
                         help=f"one or more of {', '.join(PROTOCOLS)} (default: finetune)")
     parser.add_argument(
@@ -120,7 +124,7 @@ def plan_grading(args: argparse.Namespace) -> GradingPlan:
     pairs = [(d, p) for d in args.dataset for p in args.protocol]
     if len(set(pairs)) != len(pairs):
         raise LaunchError("a dataset or protocol is named twice")
-    base = load_config(GradeConfig, args.config, args.overrides)
+    base = load_config(GradeConfig, args.config, [*args.overrides, *test_set_overrides(args)])
     run_dir = (args.output or default_run_dir("grade")).expanduser().absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise LaunchError(f"--output {run_dir} exists and is not a folder")
@@ -201,15 +205,15 @@ def _collect_overrides(args: argparse.Namespace) -> argparse.Namespace:
     def is_override(word: str) -> bool:
         return _OVERRIDE.match(str(word)) is not None
 
-    moved = [str(w) for option in ("dataset", "data", "protocol")
-             for w in getattr(args, option) if is_override(w)]
+    options = ("dataset", "data", "protocol", "test_dataset", "test_data")
+    moved = [str(w) for option in options
+             for w in getattr(args, option, None) or [] if is_override(w)]
     if not moved:
         return args
     return argparse.Namespace(**{
         **vars(args),
-        "dataset": [w for w in args.dataset if not is_override(w)],
-        "data": [w for w in args.data if not is_override(w)],
-        "protocol": [w for w in args.protocol if not is_override(w)],
+        **{option: [w for w in getattr(args, option) if not is_override(w)]
+           for option in options if getattr(args, option, None) is not None},
         "overrides": [*moved, *args.overrides],
     })
 
@@ -221,13 +225,13 @@ def _resolved_encoder(
     checkpoint's recorded architecture in place of the config's defaults (the checkpoint read
     once, for every job's checks)."""
     checkpoint = args.checkpoint
-    if checkpoint != RANDOM_ENCODER:
+    if checkpoint != RANDOM_ENCODER and not is_timm_source(checkpoint):
         checkpoint = str(Path(checkpoint).expanduser().absolute())
     try:
         encoder = dataclasses.replace(encoder, checkpoint=checkpoint,
                                       arch=args.arch or encoder.arch,
                                       branch=args.branch or encoder.branch)
-        source = load_encoder_source(checkpoint)
+        source = read_encoder_source(checkpoint)
         return resolve_encoder(encoder, source, _explicit_encoder_keys(args)), source
     except ValueError as error:  # EncoderError included
         raise ConfigError(str(error)) from None
@@ -258,6 +262,8 @@ def _job_config(
         data = dataclasses.replace(data, cache_dir=str(Path(data.cache_dir).absolute()))
     if data.split_file:
         data = dataclasses.replace(data, split_file=str(Path(data.split_file).absolute()))
+    data = dataclasses.replace(data, test_sets={
+        name: str(Path(folder).expanduser().absolute()) for name, folder in data.test_sets.items()})
     return dataclasses.replace(base, encoder=encoder, data=data, train=train)
 
 
@@ -276,6 +282,29 @@ def _result(job: Any, task: GradingTask, out: TextIO) -> dict[str, Any] | None:
     except Exception as error:  # a failed job is reported and the others still summarised
         out.write(f"job {job.job_id} ({task.name}) failed: {last_line(error)}; "
                   f"see {job.paths.stderr}\n")
+        out.write(failure_excerpt([job.paths.stderr]))
         return None
 
 
+def add_test_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--test-dataset`` / ``--test-data``: external test sets for every job."""
+    parser.add_argument("--test-dataset", nargs="+", metavar="NAME",
+                        help="external test set(s), e.g. messidor2: the selected model of every "
+                             "job is also tested on all of its images")
+    parser.add_argument("--test-data", nargs="+", type=Path, metavar="PATH",
+                        help="folder of each --test-dataset, in the same order")
+
+
+def test_set_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``data.test_sets.<name>=<folder>`` overrides that the test-set options stand for."""
+    names, folders = args.test_dataset or [], args.test_data or []
+    if len(names) != len(folders):
+        raise LaunchError(f"give one --test-data per --test-dataset ({len(names)} test set(s), "
+                          f"{len(folders)} path(s))")
+    for name in names:
+        if name not in DATASETS:
+            raise LaunchError(f"--test-dataset {name!r} is not one of {', '.join(DATASETS)}")
+    if len(set(names)) != len(names):
+        raise LaunchError("a --test-dataset is named twice")
+    return [f"data.test_sets.{name}={Path(folder).expanduser().absolute()}"
+            for name, folder in zip(names, folders, strict=True)]

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ssit.backbones.config import BackboneConfig
+from ssit.backbones.config import BackboneConfig, MsSSLConfig
 
 
 @dataclass
@@ -56,7 +56,12 @@ def within(
 
 @dataclass
 class SSiTConfig(MethodConfig):
-    """SSiT (Huang et al., JBHI 2024); ``pool: null`` and ``segmentation: false`` give MoCo v3."""
+    """SSiT (Huang et al., JBHI 2024); ``pool: null`` and ``segmentation: false`` give MoCo v3.
+
+    On the MsSSL hybrid: ``mask_cnn_pixels`` also blanks the dropped patches' pixels for the CNN
+    branch (key selection drops ViT patches only), and ``segment_from: deep_learner`` lets the
+    segmentation head read the Deep Learner's finer map instead of the ViT tokens.
+    """
 
     name: str = "ssit"
     mask_ratio: float = 0.25
@@ -70,15 +75,32 @@ class SSiTConfig(MethodConfig):
     w_cl: float = 1.0
     w_ss: float = 10.0
     ss_decay: bool = False
+    mask_cnn_pixels: bool = False
+    segment_from: Literal["tokens", "deep_learner"] = "tokens"
 
     def check(self, backbone: BackboneConfig) -> None:
         if not backbone.uses_tokens:
             raise ValueError(
-                f"method ssit (MoCo v3 included) needs a ViT backbone, got backbone.name="
-                f"{backbone.name}: key selection and the segmentation head read patch tokens"
+                f"method ssit (MoCo v3 included) needs a token backbone (vit, msssl_hybrid), got "
+                f"backbone.name={backbone.name}: key selection and the segmentation head read "
+                "patch tokens"
             )
         if not self.segmentation and self.w_ss > 0:
             raise ValueError("method.w_ss must be 0 when method.segmentation is false")
+        hybrid = isinstance(backbone, MsSSLConfig)
+        if self.mask_cnn_pixels and not hybrid:
+            raise ValueError("method.mask_cnn_pixels needs a backbone with a CNN branch "
+                             f"(msssl_hybrid), got backbone.name={backbone.name}")
+        if self.mask_cnn_pixels and self.pool is None:
+            raise ValueError("method.mask_cnn_pixels needs key selection (method.pool max or avg)")
+        if self.segment_from not in ("tokens", "deep_learner"):
+            raise ValueError("method.segment_from must be 'tokens' or 'deep_learner', got "
+                             f"{self.segment_from!r}")
+        if self.segment_from == "deep_learner" and not hybrid:
+            raise ValueError("method.segment_from=deep_learner needs backbone.name=msssl_hybrid, "
+                             f"got {backbone.name}")
+        if self.segment_from == "deep_learner" and not self.segmentation:
+            raise ValueError("method.segment_from=deep_learner needs method.segmentation true")
 
     def range_checks(self) -> list[RangeCheck]:
         return [

@@ -32,10 +32,30 @@ def build_mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int) -> nn
     return nn.Sequential(*layers)
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution computed as one matrix product over the channels of every pixel.
+
+    Its parameters are those of ``nn.Conv2d(in_channels, out_channels, 1)`` (weight
+    ``(out, in, 1, 1)``, bias ``(out,)``) and so are its outputs, but the weight's gradient is
+    always laid out like the weight, whatever the memory layout of the input (a feature map
+    made from transposed tokens is channels-last in memory, and a convolution would then return
+    a channels-last gradient, which DDP's gradient buckets must copy and warn about).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected a feature map (B, C, H, W), got shape {tuple(x.shape)}")
+        channels_last = nn.functional.linear(x.movedim(1, -1), self.weight.flatten(1), self.bias)
+        return channels_last.movedim(-1, 1)
+
+
 def build_saliency_segmentor(embed_dim: int, patch_size: int) -> nn.Sequential:
     """1x1 convolution ``embed_dim -> patch_size**2`` then pixel shuffle: one logit per pixel."""
     return nn.Sequential(
-        nn.Conv2d(embed_dim, patch_size * patch_size, kernel_size=1),
+        PointwiseConv2d(embed_dim, patch_size * patch_size),
         nn.PixelShuffle(patch_size),
     )
 

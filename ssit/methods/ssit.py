@@ -4,6 +4,11 @@ Parameter names follow the authors' release: ``base_encoder.*`` (query ViT in ti
 the projector as ``base_encoder.head.*``), ``momentum_encoder.*`` (its EMA copy),
 ``predictor.*`` and ``saliency_segmentor.*``. With ``pool=None`` and ``segmentation=False`` the
 method is MoCo v3.
+
+The backbone is any token backbone (a timm ViT or the MsSSL hybrid); SSiT reaches it only
+through its :class:`~ssit.backbones.tokens.TokenAccess`. On the hybrid, key selection drops
+patches of the ViT branch (``mask_cnn_pixels`` also blanks their pixels for the CNN branch) and
+the segmentation head reads the ViT tokens or the Deep Learner's map (``segment_from``).
 """
 
 from __future__ import annotations
@@ -13,19 +18,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from ssit.backbones.config import BackboneConfig, ViTConfig
+from ssit.backbones.extract import describe_backbone
+from ssit.backbones.registry import create_backbone
+from ssit.backbones.tokens import TOKENS, token_access
 from ssit.backbones.vit import create_vit
 from ssit.data.views import SSIT_VIEWS, ViewSpec
 from ssit.methods.base import Method, Pictures, check_views
 from ssit.methods.config import MethodConfig, SSiTConfig
 from ssit.methods.contrastive import contrastive_loss, saliency_segmentation_loss
-from ssit.methods.heads import build_mlp, build_saliency_segmentor, tokens_to_grid
+from ssit.methods.heads import build_mlp, build_saliency_segmentor
 from ssit.methods.schedules import ema_momentum, segmentation_weight
 from ssit.methods.selection import (
     PoolMode,
-    gather_tokens,
     num_kept_patches,
     pool_saliency,
     select_patches,
@@ -42,6 +49,11 @@ class SSiT(Method):
 
     ``pool=None`` lets the key encoder see every patch (MoCo v3); ``segmentation=False`` drops
     the segmentor and its loss. The maps may be ``None`` when neither uses them.
+
+    ``backbone`` is a ready token backbone (e.g. the MsSSL hybrid); without it a timm ViT is
+    built from ``arch``, ``img_size``, ``pretrained`` and ``encoder_kwargs``.
+    ``mask_cnn_pixels`` blanks the dropped patches' pixels for a CNN branch;
+    ``segment_from`` names the backbone's dense map the segmentation head reads.
     """
 
     def __init__(
@@ -61,6 +73,9 @@ class SSiT(Method):
         w_cl: float = 1.0,
         w_ss: float = 10.0,
         ss_decay: bool = False,
+        backbone: nn.Module | None = None,
+        mask_cnn_pixels: bool = False,
+        segment_from: str = TOKENS,
     ) -> None:
         super().__init__()
         if pool not in ("max", "avg", None):
@@ -70,7 +85,6 @@ class SSiT(Method):
         if not 0 <= saliency_threshold <= 1:
             raise ValueError(f"saliency_threshold must lie in [0, 1], got {saliency_threshold}")
         self.arch = arch
-        self.img_size = img_size
         self.mask_ratio = mask_ratio
         self.temperature = temperature
         self.saliency_threshold = saliency_threshold
@@ -79,24 +93,34 @@ class SSiT(Method):
         self.w_cl = w_cl
         self.w_ss = w_ss
         self.ss_decay = ss_decay
+        self.mask_cnn_pixels = mask_cnn_pixels
+        self.segment_from = segment_from
 
-        self.base_encoder = create_vit(arch, img_size, pretrained, encoder_kwargs)
-        if self.base_encoder.dynamic_img_size:
-            raise ValueError("SSiT needs a fixed input size (dynamic_img_size=False)")
-        self.patch_size: int = self.base_encoder.patch_embed.patch_size[0]
-        self.grid_size: tuple[int, int] = tuple(self.base_encoder.patch_embed.grid_size)
+        if backbone is None:
+            backbone = create_vit(arch, img_size, pretrained, encoder_kwargs)
+        self.backbone_access = token_access(backbone)
+        self.backbone_access.check(backbone)
+        self.base_encoder = backbone
+        self.img_size: int = self.backbone_access.img_size(backbone)
+        self.patch_size: int = self.backbone_access.patch_size(backbone)
+        self.grid_size: tuple[int, int] = self.backbone_access.grid_size(backbone)
+        if mask_cnn_pixels and not self.backbone_access.can_blank_pixels(backbone):
+            raise ValueError("mask_cnn_pixels needs a backbone with a CNN branch")
+        if mask_cnn_pixels and pool is None:
+            raise ValueError("mask_cnn_pixels needs key selection (pool 'max' or 'avg')")
+        segment_shape = self.backbone_access.dense_shape(backbone, segment_from)
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_kept: int = (
             num_patches if pool is None else num_kept_patches(num_patches, mask_ratio)
         )
 
-        embed_dim = self.base_encoder.embed_dim
-        self.base_encoder.head = build_mlp(3, embed_dim, mlp_dim, proj_dim)
-        self.momentum_encoder: VisionTransformer = copy.deepcopy(self.base_encoder)
+        feature_dim = int(backbone.num_features)
+        self.base_encoder.head = build_mlp(3, feature_dim, mlp_dim, proj_dim)
+        self.momentum_encoder: nn.Module = copy.deepcopy(self.base_encoder)
         self.momentum_encoder.requires_grad_(False)
         self.predictor = build_mlp(2, proj_dim, mlp_dim, proj_dim)
         self.saliency_segmentor = (
-            build_saliency_segmentor(embed_dim, self.patch_size) if segmentation else None
+            build_saliency_segmentor(*segment_shape) if segmentation else None
         )
         with_map = pool is not None or segmentation
         self.views: tuple[ViewSpec, ...] = tuple(
@@ -143,8 +167,9 @@ class SSiT(Method):
 
         # Both views go through each encoder in one batch; the BatchNorm heads see one view at a
         # time, as they would with one encoder call per view.
-        tokens = self.base_encoder.forward_features(batch)
-        features = self.base_encoder.forward_head(tokens, pre_logits=True)
+        features, dense = self.backbone_access.query(
+            self.base_encoder, batch, self.segment_from if self.segmentation else None
+        )
         q1, q2 = (self.predictor(self.base_encoder.head(f)) for f in features.chunk(2))
 
         with torch.no_grad():
@@ -155,7 +180,7 @@ class SSiT(Method):
                   + contrastive_loss(q2, k1, self.temperature)}
         if self.saliency_segmentor is None:
             return losses
-        logits = self._segment_tokens(tokens)
+        logits = self.saliency_segmentor(dense)
         losses["ss"] = sum(
             saliency_segmentation_loss(view_logits, view_maps, self.saliency_threshold)
             for view_logits, view_maps in zip(logits.chunk(2), both_maps.chunk(2), strict=True)
@@ -176,29 +201,23 @@ class SSiT(Method):
         if self.saliency_segmentor is None:
             raise RuntimeError("this SSiT model was built without a segmentation head")
         self._check_images(x, "x")
-        return self._segment_tokens(self.base_encoder.forward_features(x))
-
-    def _segment_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        patch_tokens = tokens[:, self.base_encoder.num_prefix_tokens :]
-        return self.saliency_segmentor(tokens_to_grid(patch_tokens, self.grid_size))
+        _, dense = self.backbone_access.query(self.base_encoder, x, self.segment_from)
+        return self.saliency_segmentor(dense)
 
     def key_features(self, images: torch.Tensor, maps: torch.Tensor | None) -> torch.Tensor:
-        """Class-token features ``(B, D)`` of the momentum encoder before its projector.
+        """Pooled features ``(B, D)`` of the momentum encoder before its projector.
 
-        With saliency pooling the encoder sees only the patches chosen from ``maps`` (see
-        :mod:`ssit.methods.selection`); with ``pool=None`` it sees every patch.
+        With saliency pooling the encoder's transformer sees only the patches chosen from
+        ``maps`` (see :mod:`ssit.methods.selection`); with ``pool=None`` it sees every patch.
         """
         encoder = self.momentum_encoder
         if self.pool is not None and maps is None:
             raise ValueError("saliency maps are needed to select the key patches")
         if self.pool is None:
-            return encoder.forward_head(encoder.forward_features(images), pre_logits=True)
-        tokens = encoder._pos_embed(encoder.patch_embed(images))
+            return self.backbone_access.keys(encoder, images, None)
         scores = pool_saliency(maps.float(), self.patch_size, self.pool)
         kept = select_patches(scores, self.num_kept)
-        tokens = gather_tokens(tokens, kept, encoder.num_prefix_tokens)
-        tokens = encoder.norm(encoder.blocks(encoder.norm_pre(tokens)))
-        return encoder.forward_head(tokens, pre_logits=True)
+        return self.backbone_access.keys(encoder, images, kept, self.mask_cnn_pixels)
 
     def _check_images(self, x: torch.Tensor, name: str) -> None:
         expected = (3, self.img_size, self.img_size)
@@ -228,16 +247,18 @@ class SSiT(Method):
         return (
             f"arch={self.arch}, img_size={self.img_size}, pool={self.pool}, "
             f"kept_patches={self.num_kept}, temperature={self.temperature}, "
-            f"saliency_threshold={self.saliency_threshold}"
+            f"saliency_threshold={self.saliency_threshold}, segment_from={self.segment_from}, "
+            f"mask_cnn_pixels={self.mask_cnn_pixels}"
         )
 
 
 def build_ssit(method: MethodConfig, backbone: BackboneConfig) -> SSiT:
-    """The SSiT (or MoCo v3) method of a ``method: ssit`` section on a ViT backbone."""
-    if not isinstance(method, SSiTConfig) or not isinstance(backbone, ViTConfig):
-        raise ValueError("method ssit needs an SSiTConfig and a ViT backbone")
+    """The SSiT (or MoCo v3) method of a ``method: ssit`` section on a token backbone."""
+    if not isinstance(method, SSiTConfig) or not backbone.uses_tokens:
+        raise ValueError("method ssit needs an SSiTConfig and a token backbone (vit, "
+                         "msssl_hybrid)")
     return SSiT(
-        arch=backbone.arch,
+        arch=describe_backbone(backbone) if isinstance(backbone, ViTConfig) else backbone.name,
         img_size=backbone.img_size,
         mask_ratio=method.mask_ratio,
         temperature=method.temperature,
@@ -246,9 +267,11 @@ def build_ssit(method: MethodConfig, backbone: BackboneConfig) -> SSiT:
         proj_dim=method.proj_dim,
         mlp_dim=method.mlp_dim,
         segmentation=method.segmentation,
-        encoder_kwargs=backbone.kwargs,
         momentum=method.momentum,
         w_cl=method.w_cl,
         w_ss=method.w_ss,
         ss_decay=method.ss_decay,
+        backbone=create_backbone(backbone),
+        mask_cnn_pixels=method.mask_cnn_pixels,
+        segment_from=method.segment_from,
     )

@@ -18,7 +18,6 @@ import io
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -26,6 +25,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ssit.prepare.synth_lesions import RENDER_SIZE as _RENDER_SIZE
+from ssit.prepare.synth_lesions import paint_lesions, to_pixels
 from ssit.prepare.workers import available_cores, parallel_map
 
 __all__ = ["EYEPACS_GRADE_FREQUENCIES", "grade_counts", "synthesize"]
@@ -35,28 +36,8 @@ logger = logging.getLogger(__name__)
 EYEPACS_GRADE_FREQUENCIES = (0.735, 0.07, 0.15, 0.025, 0.02)
 """Approximate share of grades 0-4 in the EyePACS training set."""
 
-_RENDER_SIZE = 768  # the fundus is painted at this diameter, then resized to its final size
 _RETINA_SHARE = 0.4  # fraction of images made from the scikit-image photograph
 _JPEG_QUALITY = 95
-
-
-@dataclass(frozen=True)
-class _Lesions:
-    microaneurysms: tuple[int, int]
-    haemorrhages: tuple[int, int]
-    exudates: tuple[int, int]
-    cotton_wool: tuple[int, int]
-    new_vessels: tuple[int, int]
-
-
-# (min, max) number of each lesion kind per grade.
-_LESIONS_BY_GRADE = (
-    _Lesions((0, 0), (0, 0), (0, 0), (0, 0), (0, 0)),
-    _Lesions((3, 8), (0, 0), (0, 0), (0, 0), (0, 0)),
-    _Lesions((8, 20), (2, 6), (3, 12), (0, 1), (0, 0)),
-    _Lesions((15, 30), (10, 22), (10, 30), (2, 5), (0, 0)),
-    _Lesions((20, 40), (15, 30), (15, 40), (3, 7), (2, 4)),
-)
 
 
 def grade_counts(n: int, frequencies: Sequence[float] = EYEPACS_GRADE_FREQUENCIES) -> list[int]:
@@ -101,7 +82,7 @@ def synthesize(
     rng = np.random.default_rng(seed)
     grades = np.repeat(np.arange(5), grade_counts(n))
     rng.shuffle(grades)
-    names = _eyepacs_names(n, rng)
+    names = _eyepacs_names(n, rng, seed)
     tasks = [
         (str(out / f"{name}.jpeg"), int(grade), seed, index, (low, high))
         for index, (name, grade) in enumerate(zip(names, grades, strict=True))
@@ -119,10 +100,10 @@ def synthesize(
     return labels
 
 
-def _eyepacs_names(n: int, rng: np.random.Generator) -> list[str]:
+def _eyepacs_names(n: int, rng: np.random.Generator, seed: int) -> list[str]:
     """Names like ``10_left``, ``10_right``, ``13_left``: patients with both eyes."""
     names = []
-    patient = 10
+    patient = 10 + 100_000 * seed  # sets made with other seeds never share a name
     while len(names) < n:
         names.extend([f"{patient}_left", f"{patient}_right"])
         patient += int(rng.integers(1, 6))
@@ -148,7 +129,7 @@ def synthesize_image(
     else:
         fundus = _procedural_fundus(rng, left_eye)
     disc_centre = _disc_centre(left_eye)
-    _paint_lesions(fundus, rng, grade, disc_centre)
+    paint_lesions(fundus, rng, grade, disc_centre)
     return _compose(fundus, rng, height)
 
 
@@ -231,11 +212,6 @@ def _procedural_fundus(rng: np.random.Generator, left_eye: bool) -> np.ndarray:
     return image
 
 
-def _to_pixels(point: tuple[float, float]) -> tuple[int, int]:
-    half = _RENDER_SIZE / 2
-    return round(point[0] * half + half), round(point[1] * half + half)
-
-
 def _draw_vessel_tree(
     canvas: np.ndarray, rng: np.random.Generator, origin: tuple[float, float], left_eye: bool
 ) -> None:
@@ -262,7 +238,7 @@ def _draw_branch(
         nxt = (point[0] + step * np.cos(angle), point[1] + step * np.sin(angle))
         if nxt[0] ** 2 + nxt[1] ** 2 > 0.97:
             return
-        cv2.line(canvas, _to_pixels(point), _to_pixels(nxt), 1.0, max(1, round(width)),
+        cv2.line(canvas, to_pixels(point), to_pixels(nxt), 1.0, max(1, round(width)),
                  cv2.LINE_AA)
         point = nxt
         if depth < 4 and width > 1.5 and rng.random() < 0.18:
@@ -270,78 +246,6 @@ def _draw_branch(
             _draw_branch(canvas, rng, point, angle + side * rng.uniform(0.4, 0.9),
                          width * 0.65, depth + 1)
             width *= 0.9
-
-
-# ---------------------------------------------------------------- lesions
-
-
-def _lesion_sites(
-    rng: np.random.Generator, count: int, disc: tuple[float, float], spread: float = 0.8
-) -> list[tuple[int, int]]:
-    """Random points inside the fundus, away from the optic disc."""
-    sites: list[tuple[int, int]] = []
-    while len(sites) < count:
-        r = spread * math.sqrt(rng.random())
-        theta = rng.uniform(0, 2 * np.pi)
-        point = (r * math.cos(theta), r * math.sin(theta))
-        if (point[0] - disc[0]) ** 2 + (point[1] - disc[1]) ** 2 > 0.15**2:
-            sites.append(_to_pixels(point))
-    return sites
-
-
-def _blend(image: np.ndarray, mask: np.ndarray, colour: Sequence[float], strength: float) -> None:
-    alpha = (strength * mask)[..., None]
-    image *= 1 - alpha
-    image += alpha * np.asarray(colour, np.float32)
-
-
-def _paint_lesions(
-    image: np.ndarray, rng: np.random.Generator, grade: int, disc: tuple[float, float]
-) -> None:
-    plan = _LESIONS_BY_GRADE[grade]
-    size = image.shape[0]
-
-    def count(bounds: tuple[int, int]) -> int:
-        return int(rng.integers(bounds[0], bounds[1] + 1))
-
-    dark = np.zeros((size, size), np.float32)
-    for centre in _lesion_sites(rng, count(plan.microaneurysms), disc):
-        cv2.circle(dark, centre, int(rng.integers(2, 4)), 1.0, -1, cv2.LINE_AA)
-    for centre in _lesion_sites(rng, count(plan.haemorrhages), disc):
-        axes = (int(rng.integers(5, 14)), int(rng.integers(4, 11)))
-        cv2.ellipse(dark, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
-    for _ in range(count(plan.new_vessels)):
-        _draw_new_vessels(dark, rng, disc)
-    if dark.any():
-        _blend(image, cv2.GaussianBlur(dark, (0, 0), 0.8), (95, 12, 8), 0.85)
-
-    bright = np.zeros((size, size), np.float32)
-    for centre in _lesion_sites(rng, count(plan.exudates), disc, spread=0.6):
-        for _ in range(int(rng.integers(1, 5))):
-            offset = rng.normal(0, 6, 2)
-            point = (int(centre[0] + offset[0]), int(centre[1] + offset[1]))
-            cv2.circle(bright, point, int(rng.integers(2, 4)), 1.0, -1, cv2.LINE_AA)
-    if bright.any():
-        _blend(image, cv2.GaussianBlur(bright, (0, 0), 0.7), (245, 230, 140), 0.9)
-
-    fluffy = np.zeros((size, size), np.float32)
-    for centre in _lesion_sites(rng, count(plan.cotton_wool), disc, spread=0.55):
-        axes = (int(rng.integers(10, 20)), int(rng.integers(7, 14)))
-        cv2.ellipse(fluffy, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
-    if fluffy.any():
-        _blend(image, cv2.GaussianBlur(fluffy, (0, 0), 4.0), (235, 215, 190), 0.75)
-
-
-def _draw_new_vessels(canvas: np.ndarray, rng: np.random.Generator, disc: tuple[float, float]
-                      ) -> None:
-    """A tangle of fine tortuous vessels near the optic disc (proliferative disease)."""
-    point = (disc[0] + rng.uniform(-0.12, 0.12), disc[1] + rng.uniform(-0.12, 0.12))
-    angle = rng.uniform(0, 2 * np.pi)
-    for _ in range(30):
-        angle += rng.normal(0, 0.9)
-        nxt = (point[0] + 0.012 * np.cos(angle), point[1] + 0.012 * np.sin(angle))
-        cv2.line(canvas, _to_pixels(point), _to_pixels(nxt), 1.0, 1, cv2.LINE_AA)
-        point = nxt
 
 
 # ---------------------------------------------------------------- canvas

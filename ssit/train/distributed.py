@@ -4,6 +4,10 @@ A job with ``WORLD_SIZE`` > 1 joins a process group (NCCL on GPU, gloo on CPU) a
 ``MASTER_ADDR:MASTER_PORT``; without those variables it runs as a single process with no group.
 The group's timeout is short (:data:`DEFAULT_TIMEOUT_S`) so that a dead rank makes every other
 rank fail within a couple of minutes instead of hanging.
+
+The per-step stop agreement (:func:`any_rank`) reduces a small CPU tensor over a gloo group (the
+job's own group when it is gloo, a gloo group beside NCCL otherwise), so the training loop never
+copies a flag to the GPU and waits for it to come back: the host keeps queueing work.
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ssit.train.gpu_settings import enable_tf32
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 120.0
+# The group for the per-step flags: (the default group it was made for, the gloo group, or None
+# when the default group is gloo itself).
+_HOST_GROUP: tuple[Any, Any] | None = None
 
 
 class DistributedSetupError(RuntimeError):
@@ -74,7 +83,7 @@ def init_distributed(
 
     ``device`` is ``"auto"`` (the GPU numbered ``LOCAL_RANK`` if CUDA exists, else the CPU),
     ``"cuda"`` or ``"cpu"``. ``backend`` defaults to NCCL on GPU and gloo on CPU. A group that
-    is already initialised is reused.
+    is already initialised is reused. On a GPU, float32 matmuls may use TF32 from here on.
     """
     env = os.environ if env is None else env
     world_size = _env_int(env, "WORLD_SIZE", 1)
@@ -83,7 +92,10 @@ def init_distributed(
     if world_size < 1 or not 0 <= rank < world_size:
         raise DistributedSetupError(f"RANK={rank} is not within WORLD_SIZE={world_size}")
     torch_device = _select_device(device, local_rank)
+    if torch_device.type == "cuda":
+        enable_tf32()
     if dist.is_available() and dist.is_initialized():
+        _host_group(datetime.timedelta(seconds=timeout_s))
         return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, torch_device)
     if world_size == 1:
         return DistributedContext(0, 1, 0, torch_device)
@@ -97,29 +109,60 @@ def init_distributed(
         "rank %d/%d joins %s group at %s:%s on %s", rank, world_size, backend,
         env["MASTER_ADDR"], env["MASTER_PORT"], torch_device,
     )
+    timeout = datetime.timedelta(seconds=timeout_s)
     dist.init_process_group(
         backend=backend,
         init_method=f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
         rank=rank,
         world_size=world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
+        timeout=timeout,
     )
+    _host_group(timeout)  # collective: every rank creates it now, with the job's timeout
     return DistributedContext(rank, world_size, local_rank, torch_device)
 
 
 def destroy_distributed() -> None:
     """Leave the process group, if one is active."""
+    global _HOST_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None
+
+
+def _host_group(timeout: datetime.timedelta | None = None) -> Any:
+    """The group that reduces CPU tensors: the job's group if it is gloo, else a gloo group.
+
+    Creating a group is collective; every rank reaches the first call at the same point (in
+    :func:`init_distributed`, or at the first :func:`any_rank` of a group made elsewhere).
+    """
+    global _HOST_GROUP
+    default = dist.group.WORLD
+    if _HOST_GROUP is not None and _HOST_GROUP[0] is default:
+        return _HOST_GROUP[1]
+    backend = dist.get_backend()
+    if backend == "gloo" or "cpu:gloo" in backend.split(","):
+        group = None
+    else:
+        group = dist.new_group(
+            backend="gloo",
+            timeout=timeout or datetime.timedelta(seconds=DEFAULT_TIMEOUT_S),
+        )
+        log.info("rank %d: gloo group created for the per-step flags", dist.get_rank())
+    _HOST_GROUP = (default, group)
+    return group
 
 
 def any_rank(flags: Sequence[bool], ctx: DistributedContext) -> list[bool]:
-    """For each flag, whether it is set on at least one rank (one MAX all-reduce for all)."""
+    """For each flag, whether it is set on at least one rank (one MAX all-reduce for all).
+
+    The flags travel as a CPU tensor over a gloo group: no device memory, no wait for the GPU's
+    queue of work, only the ranks' host processes meeting at the same point.
+    """
     if not ctx.is_distributed:
         return [bool(flag) for flag in flags]
-    values = torch.tensor([int(bool(flag)) for flag in flags], device=ctx.device)
+    values = torch.tensor([int(bool(flag)) for flag in flags], dtype=torch.int32)
     with _collective(ctx, "agreeing on the stop flags"):
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=_host_group())
     return [bool(value) for value in values.tolist()]
 
 

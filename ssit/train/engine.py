@@ -4,8 +4,9 @@ Each step evaluates the schedules at the fractional epoch ``step / steps_per_epo
 method act before the step (e.g. its momentum encoder's EMA update), runs it under autocast on
 the views its recipe asked the pipeline for, sums its named losses with its weights,
 back-propagates, unscales, clips the gradient norm and steps the optimiser (AdamW or SGD).
-After the step all ranks agree, with one MAX all-reduce,
-whether any of them was asked to stop or whether rank 0's checkpoint clock has run out; a
+After the step all ranks agree, with one MAX all-reduce on the host (a gloo group, so the CPU
+never waits for the GPU), whether any of them was asked to stop or whether rank 0's checkpoint
+clock has run out; a
 checkpoint gathers every rank's pipeline and random state to rank 0, which writes it.
 
 A run directory holds ``config.yaml``, ``log.txt``, ``tensorboard/``, ``checkpoints/`` and, once
@@ -47,6 +48,7 @@ from ssit.train.distributed import (
     destroy_distributed,
     init_distributed,
 )
+from ssit.train.gpu_settings import training_memory_format
 from ssit.train.loss_log import LossWindow, log_picture, log_window
 from ssit.train.monitor import RunMonitor
 from ssit.train.progress import RunProgress
@@ -136,7 +138,8 @@ def pretrain(
         resumed = load_resume_state(cfg, checkpoint_dir, ctx)
         if ctx.is_main:  # only once the checkpoint accepted this config
             save_config(cfg, run_dir / "config.yaml")
-        model = build_model(cfg).to(ctx.device)
+        memory_format = training_memory_format(cfg.backbone.name, ctx.device)
+        model = build_model(cfg).to(ctx.device, memory_format=memory_format)
         if resumed is not None:
             model.load_state_dict(resumed["model"])
         trained: nn.Module = model
@@ -195,7 +198,8 @@ def pretrain(
             # One pass of the pipeline runs to the end of the current (possibly resumed) epoch.
             pass_start = progress.step
             for batch in pipe:
-                images = [view.to(ctx.device, non_blocking=True) for view in batch.images]
+                images = [view.to(ctx.device, memory_format=memory_format, non_blocking=True)
+                          for view in batch.images]
                 maps = [None if m is None else m.to(ctx.device, non_blocking=True)
                         for m in batch.maps]
                 epoch = progress.step / steps_per_epoch
@@ -218,8 +222,8 @@ def pretrain(
                 if ctx.is_main and image_every and progress.step % image_every == 0:
                     log_picture(model, monitor, progress.step, images, maps, amp_dtype)
 
-                # Step boundary: one all-reduce tells every rank whether any must stop and
-                # whether rank 0's checkpoint clock has run out.
+                # Step boundary: one host-side all-reduce (no device tensor, no GPU sync) tells
+                # every rank whether any must stop and whether rank 0's checkpoint clock ran out.
                 time_due = bool(cfg.checkpoint.every_minutes) and (
                     time.monotonic() - last_save_time >= 60.0 * cfg.checkpoint.every_minutes
                 )

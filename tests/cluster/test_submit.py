@@ -321,3 +321,21 @@ def test_broken_run_config_shows_the_yaml_problem_and_position(demo_shards: Path
     message = str(info.value)
     assert message.startswith(f"the config of the run {tmp_path / 'config.yaml'} is not valid "
                               "YAML: expected ',' or ']', but got ':' at line 4, column 7")
+
+@pytest.mark.slow
+def test_a_failing_local_job_shows_its_exception(demo_shards: Path, tmp_path: Path) -> None:
+    """The job raises inside (where it saves its config there is a folder): the launcher's
+    output ends with the task's traceback and exception, not only the path of its error log."""
+    run = tmp_path / "run"
+    (run / "config.yaml").mkdir(parents=True)
+    out = io.StringIO()
+    status = launch_pretrain(tiny(demo_shards, "--cpu", "--local", "--output", str(run),
+                                  "optim.epochs=1", "log.progress_bar=false",
+                                  "log.image_every_steps=null"), out)
+    assert status == 1
+    text = out.getvalue()
+    assert "the job failed" in text
+    excerpt = text[text.index("_0_log.err ends with:\n"):].splitlines()
+    assert 4 <= len(excerpt) <= 13 and all(line.startswith("  ") for line in excerpt[1:])
+    assert "save_config" in text
+    assert "IsADirectoryError" in excerpt[-1] and str(run / "config.yaml") in excerpt[-1]

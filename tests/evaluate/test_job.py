@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -383,3 +384,22 @@ def test_launcher_refuses_an_unusable_config_file_in_one_line(demo_shards, tmp_p
     assert status == 2 and out == ""
     assert err.startswith(f"error: config {config} ") and message in err
     assert err.count("\n") == 1
+
+def test_launcher_shows_why_a_job_failed(demo_shards, tmp_path, launch):
+    """A job that raises inside (the JPEG headers of its first shard are zeroed): the launcher
+    prints the job's traceback and exception, not only the path of its error log."""
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_shards, broken)
+    first = sorted(broken.glob("*.tar"))[0]
+    data = first.read_bytes()
+    assert b"\xff\xd8\xff" in data
+    first.write_bytes(data.replace(b"\xff\xd8\xff", bytes(3)))
+    status, out, _ = launch("--checkpoint", "random", "--dataset", "shards", "--data",
+                            str(broken), "--protocol", "knn", "--cpu", "--local", "--config",
+                            "grade_tiny_cpu", "--output", str(tmp_path / "run"), *TINY)
+    assert status == 1
+    assert "(shards-knn) failed" in out
+    excerpt = out[out.index("_0_log.err ends with:\n"):].splitlines()
+    assert 2 <= len(excerpt) <= 13 and all(line.startswith("  ") for line in excerpt[1:])
+    assert "Error" in excerpt[-1]
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -3,11 +3,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from ssit.prepare.synth import grade_counts, synthesize
+from ssit.prepare.synth_lesions import RENDER_SIZE, paint_lesions
 
 SMALL = (256, 320)
 
@@ -73,10 +75,13 @@ def test_same_seed_same_bytes(synthetic, tmp_path):
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
 
 
-def test_other_seed_other_images(synthetic, tmp_path):
+def test_other_seed_other_images_and_names(synthetic, tmp_path):
+    """Sets made with two seeds (a pre-training set and a grading set) share no image name."""
     synthesize(tmp_path, 3, seed=8, height_range=SMALL, jobs=1, progress=False)
-    first = sorted(tmp_path.glob("*.jpeg"))[0]
-    assert first.read_bytes() != (synthetic / first.name).read_bytes()
+    names = {row[0] for row in read_labels(tmp_path / "labels.csv")[1:]}
+    assert len(names) == 3
+    assert not names & {row[0] for row in read_labels(synthetic / "labels.csv")[1:]}
+    assert sorted(names)[0] == "800010_left"
 
 
 def test_larger_sizes_are_allowed(tmp_path):
@@ -93,3 +98,50 @@ def test_rejects_bad_arguments(tmp_path, n, heights, message):
     with pytest.raises(ValueError, match=message):
         synthesize(tmp_path, n, height_range=heights, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+DISC = (-0.42, -0.04)
+BACKGROUND = np.array([200, 90, 40], np.float32)
+
+
+def lesion_masks(grade: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(darker, brighter) pixel masks of the lesions painted on a flat orange fundus."""
+    image = np.broadcast_to(BACKGROUND, (RENDER_SIZE, RENDER_SIZE, 3)).copy()
+    paint_lesions(image, np.random.default_rng(seed), grade, DISC)
+    change = image.sum(axis=2) - BACKGROUND.sum()
+    return change < -30, change > 30
+
+
+def test_grade_0_has_no_lesions():
+    dark, bright = lesion_masks(0, seed=1)
+    assert not dark.any() and not bright.any()
+
+
+def test_lesion_area_grows_with_grade():
+    """Mild is microaneurysms only (a few tiny dots); moderate and severe add haemorrhages and
+    exudates large enough to survive a 96-pixel input (1 px there is 8 px here)."""
+    area = {grade: np.mean([sum(m.sum() for m in lesion_masks(grade, seed)) for seed in range(4)])
+            for grade in range(1, 5)}
+    assert 0 < area[1] < 2_000
+    assert area[2] > 3 * area[1]
+    assert area[3] > 2 * area[2]
+    assert area[4] > area[2]
+
+
+def test_grade_1_lesions_are_tiny_dots_and_exudates_are_yellow():
+    dark, bright = lesion_masks(1, seed=3)
+    assert not bright.any()
+    labels_count, _, stats, _ = cv2.connectedComponentsWithStats(dark.astype(np.uint8))
+    assert labels_count > 1 and stats[1:, cv2.CC_STAT_AREA].max() <= 100  # radius <= ~5 px
+    image = np.broadcast_to(BACKGROUND, (RENDER_SIZE, RENDER_SIZE, 3)).copy()
+    paint_lesions(image, np.random.default_rng(3), 3, DISC)
+    yellow = image[(image[..., 1] > 180) & (image[..., 0] > 200)]
+    assert len(yellow) > 100 and (yellow[:, 2] < yellow[:, 1]).all()
+
+
+def test_lesions_keep_away_from_the_optic_disc():
+    dark, bright = lesion_masks(3, seed=5)
+    y, x = np.mgrid[:RENDER_SIZE, :RENDER_SIZE]
+    cx, cy = (DISC[0] + 1) * RENDER_SIZE / 2, (DISC[1] + 1) * RENDER_SIZE / 2
+    near_disc = (x - cx) ** 2 + (y - cy) ** 2 < (0.08 * RENDER_SIZE / 2) ** 2
+    assert not (dark | bright)[near_disc].any()

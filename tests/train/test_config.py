@@ -196,7 +196,7 @@ def test_method_and_backbone_pairs_that_cannot_work_are_refused(demo_shards):
         [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
     with pytest.raises(ConfigError, match=r"'method.name' must be one of gravis, simclr, ssit"):
         _demo(demo_shards, "method.name=byol")
-    with pytest.raises(ConfigError, match=r"'backbone.name' must be one of cnn, vit"):
+    with pytest.raises(ConfigError, match=r"'backbone.name' must be one of cnn, msssl_hybrid, vit"):
         _demo(demo_shards, "backbone.name=mlp")
     with pytest.raises(ConfigError, match=r"unknown config key 'method.views_per_image'"):
         _demo(demo_shards, "method.views_per_image=4")
