@@ -39,9 +39,10 @@ RUNS_TIMEOUT_S = 420
 FAILURE_BOUND_S = 120
 
 
-def launcher_args(shards: Path, output: Path, *extra: str, time_min: int = 15) -> list[str]:
-    """Options of the tiny two-node CPU run."""
-    return ["--cpu", "--nodes", "2", "--config", "demo_tiny_cpu", "--time", str(time_min),
+def launcher_args(shards: Path, output: Path, *extra: str, time_min: int = 15,
+                  config: str = "demo_tiny_cpu") -> list[str]:
+    """Options of the tiny two-node CPU run (SSiT unless another packaged ``config``)."""
+    return ["--cpu", "--nodes", "2", "--config", config, "--time", str(time_min),
             "--output", str(output), *extra, *tiny_overrides(shards)]
 
 
@@ -188,9 +189,10 @@ def finished_runs(
     local resubmission of the reference run once that one is done."""
     root = tmp_path_factory.mktemp("runs")
 
-    def scenario(name: str, *extra: str, time_min: int = 15, **plan: Any) -> Scenario:
+    def scenario(name: str, *extra: str, time_min: int = 15, config: str = "demo_tiny_cpu",
+                 **plan: Any) -> Scenario:
         command = [sys.executable, str(LAUNCHER), *launcher_args(
-            demo_shards, root / name, *extra, time_min=time_min)]
+            demo_shards, root / name, *extra, time_min=time_min, config=config)]
         return Scenario(root / name, command, **plan)
 
     plain_dir = root / "plain"
@@ -206,6 +208,10 @@ def finished_runs(
         "reference": scenario("reference"),
         "preempted_once": scenario("once", preemptions=1),
         "preempted_twice": scenario("twice", preemptions=2),
+        # A method other than SSiT (ResNet-18 SimCLR, gathers with gradients) through the same
+        # preemption path.
+        "simclr_reference": scenario("simclr", config="simclr_demo_cpu"),
+        "simclr_preempted": scenario("simclr-once", config="simclr_demo_cpu", preemptions=1),
         "killed_rank": scenario("killed", kill_rank_1=True),
         # With a 3-minute limit every warning counts as the time limit (submitit counts a
         # warning after 80% of the limit or 10 minutes before it, whichever comes first).
@@ -251,9 +257,12 @@ def test_two_ranks_on_two_nodes_complete(finished_runs: Runs) -> None:
     assert (run.run_dir / "summary.json").is_file()
 
 
-@pytest.mark.parametrize("name,times", [("preempted_once", 1), ("preempted_twice", 2)])
+@pytest.mark.parametrize("name,times,reference", [
+    ("preempted_once", 1, "reference"), ("preempted_twice", 2, "reference"),
+    ("simclr_preempted", 1, "simclr_reference"),
+])
 def test_preempted_run_requeues_and_matches_the_uninterrupted_one(
-    finished_runs: Runs, name: str, times: int
+    finished_runs: Runs, name: str, times: int, reference: str
 ) -> None:
     run = finished_runs[0][name]
     assert run.state == "COMPLETED"
@@ -267,8 +276,8 @@ def test_preempted_run_requeues_and_matches_the_uninterrupted_one(
     # Counted from our own line, written before `scontrol requeue`; submitit's "Requeued job"
     # comes after it and may be cut off when SLURM ends the job first.
     assert len(re.findall(r"preempted at step \d+; checkpoint .*; requeueing", console)) == times
-    reference = finished_runs[0]["reference"].run_dir
-    assert_identical(final_model(run.run_dir), final_model(reference))
+    assert finished_runs[0][reference].state == "COMPLETED"
+    assert_identical(final_model(run.run_dir), final_model(finished_runs[0][reference].run_dir))
 
 
 def test_plain_sbatch_script_preempted_matches_the_submitit_run(finished_runs: Runs) -> None:
