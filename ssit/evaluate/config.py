@@ -179,6 +179,15 @@ class TrainConfig:
 
 
 @dataclass
+class LinearConfig:
+    """Settings of the linear probe only (its optimisation is in :class:`TrainConfig`)."""
+
+    # Standardise the frozen features with a parameter-free BatchNorm before the head (MAE's
+    # linear probe); off in the paper's protocol.
+    feature_norm: bool = False
+
+
+@dataclass
 class KnnConfig:
     """Cosine-similarity kNN on class-token features."""
 
@@ -253,12 +262,14 @@ class SemisupConfig:
 
 @dataclass
 class GradeConfig:
-    """A grading job: encoder, data, augmentation, optimisation, kNN and semisup settings."""
+    """A grading job: encoder, data, augmentation, optimisation, linear probe, kNN and semisup
+    settings."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
     semisup: SemisupConfig = field(default_factory=SemisupConfig)
 

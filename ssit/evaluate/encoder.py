@@ -90,16 +90,22 @@ class GradingModel(nn.Module):
 
     ViTs give [class token, mean patch token], CNNs their pooled feature. With
     ``freeze_backbone`` (linear probe) the backbone has no gradients and stays in eval mode.
+    ``feature_norm`` puts a BatchNorm without learnable scale or shift between the features and
+    the head (as MAE's linear probe does), so features of any scale train at one learning rate.
     """
 
     def __init__(
-        self, encoder: Encoder, freeze_backbone: bool, head_init_std: float = 0.01
+        self, encoder: Encoder, freeze_backbone: bool, head_init_std: float = 0.01,
+        feature_norm: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = encoder.model
         self.kind = encoder.kind
         self.freeze_backbone = freeze_backbone
-        self.head = nn.Linear(encoder.kind.grading_dim(encoder.model), 1)
+        dim = encoder.kind.grading_dim(encoder.model)
+        self.feature_norm = (nn.BatchNorm1d(dim, affine=False, eps=1e-6) if feature_norm
+                             else nn.Identity())
+        self.head = nn.Linear(dim, 1)
         nn.init.normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
         if freeze_backbone:
@@ -118,4 +124,4 @@ class GradingModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted grade as a continuous score, shape (batch,)."""
-        return self.head(self.features(images).float()).squeeze(1)
+        return self.head(self.feature_norm(self.features(images).float())).squeeze(1)

@@ -199,8 +199,9 @@ def _run_regression(
     device: torch.device, precision: str, out_dir: Path,
 ) -> dict[str, Any]:
     data, train = cfg.data, cfg.train
-    model = GradingModel(backbone, freeze_backbone=train.protocol == "linear",
-                         head_init_std=train.head_init_std).to(device)
+    linear = train.protocol == "linear"
+    model = GradingModel(backbone, freeze_backbone=linear, head_init_std=train.head_init_std,
+                         feature_norm=linear and cfg.linear.feature_norm).to(device)
     augment = train_transform(cfg.augment, cfg.encoder.img_size, data.mean, data.std)
     plain = eval_transform(cfg.encoder.img_size, data.mean, data.std)
     train_loader = _loader(splits["train"], augment, train.batch_size, True, cfg, device)

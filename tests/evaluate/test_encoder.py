@@ -145,3 +145,29 @@ def test_encoder_errors(tmp_path) -> None:
     save_file({"x": torch.zeros(1)}, str(odd), metadata={"arch": "a", "backbone": "mlp"})
     with pytest.raises(EncoderError, match="unknown backbone 'mlp'"):
         load_encoder_source(str(odd))
+
+
+def test_linear_probe_feature_norm_standardises_features_without_parameters() -> None:
+    torch.manual_seed(0)
+    encoder = create_encoder(dataclasses.replace(DEFAULTS, model_kwargs={
+        "depth": 1, "embed_dim": 48, "num_heads": 2}))
+    plain = GradingModel(encoder, freeze_backbone=True)
+    assert isinstance(plain.feature_norm, torch.nn.Identity)
+    assert not any("feature_norm" in key for key in plain.state_dict())
+    model = GradingModel(encoder, freeze_backbone=True, feature_norm=True)
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == [
+        "head.weight", "head.bias"]
+    images = torch.randn(8, 3, 32, 32)
+    features = model.features(images)
+    with torch.no_grad():  # one training batch: the norm standardises by batch statistics
+        normed = model.train().feature_norm(features)
+    torch.testing.assert_close(normed.mean(dim=0), torch.zeros(96), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normed.var(dim=0, unbiased=False), torch.ones(96), atol=1e-3,
+                               rtol=0)
+    model.eval()  # evaluation: the running statistics, one momentum step from (0, 1)
+    mean = 0.1 * features.mean(dim=0)
+    var = 0.9 + 0.1 * features.var(dim=0, unbiased=True)
+    expected = model.head((features - mean) / torch.sqrt(var + 1e-6)).squeeze(1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), expected)
+        assert not torch.allclose(model(images), model.head(features).squeeze(1))
