@@ -58,12 +58,3 @@ def build_saliency_segmentor(embed_dim: int, patch_size: int) -> nn.Sequential:
         PointwiseConv2d(embed_dim, patch_size * patch_size),
         nn.PixelShuffle(patch_size),
     )
-
-
-def tokens_to_grid(patch_tokens: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """Reshape patch tokens ``(B, h*w, D)`` (row-major) to a feature map ``(B, D, h, w)``."""
-    batch, length, dim = patch_tokens.shape
-    height, width = grid_size
-    if length != height * width:
-        raise ValueError(f"{length} patch tokens do not fill a {height}x{width} grid")
-    return patch_tokens.transpose(1, 2).reshape(batch, dim, height, width)

@@ -63,20 +63,3 @@ def select_patches(scores: torch.Tensor, num_keep: int) -> torch.Tensor:
         raise ValueError(f"cannot keep {num_keep} of {scores.shape[1]} patches")
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     return order[:, :num_keep]
-
-
-def gather_tokens(
-    tokens: torch.Tensor, patch_indices: torch.Tensor, num_prefix_tokens: int = 1
-) -> torch.Tensor:
-    """Keep the prefix tokens and the patch tokens at ``patch_indices`` (in that order).
-
-    ``tokens`` is ``(B, num_prefix_tokens + N, D)`` with position embeddings already added;
-    ``patch_indices`` is ``(B, K)`` into the N patch tokens. Returns ``(B, num_prefix + K, D)``.
-    """
-    if patch_indices.shape[0] != tokens.shape[0]:
-        raise ValueError(
-            f"{patch_indices.shape[0]} index rows for a batch of {tokens.shape[0]} token sequences"
-        )
-    prefix, patches = tokens[:, :num_prefix_tokens], tokens[:, num_prefix_tokens:]
-    index = patch_indices.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
-    return torch.cat([prefix, torch.gather(patches, 1, index)], dim=1)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ssit.methods.heads import build_mlp, build_saliency_segmentor, tokens_to_grid
+from ssit.backbones.tokens import patch_map
+from ssit.methods.heads import build_mlp, build_saliency_segmentor
 
 
 def test_projector_layout_and_names() -> None:
@@ -47,7 +48,7 @@ def test_segmentor_puts_each_token_on_its_own_patch_of_pixels() -> None:
         segmentor[0].bias.copy_(torch.arange(patch * patch) / 100)
     tokens = torch.zeros(1, 6, 5)
     tokens[0, :, 0] = torch.arange(6, dtype=torch.float32)  # token t (row-major) carries t
-    logits = segmentor(tokens_to_grid(tokens, grid))
+    logits = segmentor(patch_map(tokens, grid))
     assert logits.shape == (1, 1, 8, 12)
     for row in range(2):
         for col in range(3):
@@ -56,6 +57,6 @@ def test_segmentor_puts_each_token_on_its_own_patch_of_pixels() -> None:
             assert torch.allclose(block, expected)
 
 
-def test_tokens_to_grid_rejects_wrong_count() -> None:
+def test_patch_map_rejects_wrong_count() -> None:
     with pytest.raises(ValueError, match="grid"):
-        tokens_to_grid(torch.zeros(1, 5, 3), (2, 3))
+        patch_map(torch.zeros(1, 5, 3), (2, 3))

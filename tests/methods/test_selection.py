@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssit.methods.selection import gather_tokens, num_kept_patches, pool_saliency, select_patches
+from ssit.backbones.tokens import keep_patch_tokens
+from ssit.methods.selection import num_kept_patches, pool_saliency, select_patches
 
 # Pooled (3x3 grid, row-major) values of the crafted map below, patch index -> value:
 #   0: 0.2  1: 0.9  2: 0.5
@@ -73,7 +74,7 @@ def test_gather_keeps_class_token_first_then_selected_patches() -> None:
     # Token t carries the value t in every channel; token 0 is the class token.
     tokens = torch.arange(10, dtype=torch.float32).view(1, 10, 1).expand(2, 10, 3)
     kept = torch.tensor([[1, 5, 2], [8, 0, 3]])
-    gathered = gather_tokens(tokens, kept, num_prefix_tokens=1)
+    gathered = keep_patch_tokens(tokens, kept, num_prefix_tokens=1)
     assert gathered.shape == (2, 4, 3)
     assert gathered[..., 0].tolist() == [[0, 2, 6, 3], [0, 9, 1, 4]]
 
@@ -90,4 +91,4 @@ def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="keep"):
         select_patches(torch.zeros(1, 4), 0)
     with pytest.raises(ValueError, match="batch"):
-        gather_tokens(torch.zeros(2, 5, 3), torch.zeros(3, 2, dtype=torch.long))
+        keep_patch_tokens(torch.zeros(2, 5, 3), torch.zeros(3, 2, dtype=torch.long), 1)
