@@ -97,6 +97,7 @@ def worker(rank: int, port: int, out: Path) -> None:
                 (loss_cl + loss_ss).backward()
                 optimizer.step()
         (out / f"rank{rank}.txt").write_text("\n".join(str(w.message) for w in caught))
+        dist.barrier()  # leave together (see tests/train/test_stop_agreement.py)
     finally:
         dist.destroy_process_group()
 

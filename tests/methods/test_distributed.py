@@ -75,6 +75,7 @@ def worker(rank: int, port: int, out: Path) -> None:
             "train_bn": model_run(True, local(mirrored_views(), rank), ddp=True),
         }
         torch.save(results, out / f"rank{rank}.pt")
+        dist.barrier()  # leave together (see tests/train/test_stop_agreement.py)
     finally:
         dist.destroy_process_group()
 

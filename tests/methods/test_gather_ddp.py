@@ -96,6 +96,7 @@ def worker(rank: int, port: int, out: Path) -> None:
             "gravis": method_run("gravis", [half(v, rank) for v in images(K)], ddp=True),
         }
         torch.save(results, out / f"rank{rank}.pt")
+        dist.barrier()  # leave together (see tests/train/test_stop_agreement.py)
     finally:
         dist.destroy_process_group()
 

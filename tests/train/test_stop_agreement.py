@@ -43,6 +43,9 @@ def flag_worker(rank: int, port: int, out: Path) -> None:
             clock = rank == 0 and call == 2  # only rank 0 keeps the checkpoint clock
             seen.append(any_rank([stop, clock], ctx))
         (out / f"rank{rank}.json").write_text(json.dumps(seen))
+        # Both ranks leave together: a rank that tears its connections down while its peer
+        # still reads from them makes gloo abort the peer.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
