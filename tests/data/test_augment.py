@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.view_geometry import blob_samples, map_correlations
 from ssit.data import (
     VIEW1,
     VIEW2,
@@ -130,28 +131,8 @@ def test_crop_areas_measured(coordinate_shards: Path) -> None:
 @pytest.fixture(scope="module")
 def blob_shards(tmp_path_factory: pytest.TempPathFactory, shard_writer) -> Path:
     """Images drawn from their own map: a few discs of value 100 on black, grey in RGB."""
-    rng = np.random.default_rng(7)
-    yy, xx = np.mgrid[0:96, 0:96]
-    samples = []
-    for k in range(48):
-        saliency = np.zeros((96, 96), np.uint8)
-        for _ in range(3):
-            cy, cx, r = rng.uniform(15, 81), rng.uniform(15, 81), rng.uniform(6, 16)
-            saliency[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = 200
-        image = np.repeat((saliency // 2)[..., None], 3, axis=-1)
-        samples.append((f"b{k:03d}", image, saliency))
+    samples = blob_samples()
     return shard_writer(tmp_path_factory.mktemp("blobs"), [samples[:24], samples[24:]])
-
-
-def correlations(images: np.ndarray, maps: np.ndarray) -> np.ndarray:
-    out = []
-    for image, saliency in zip(images, maps, strict=True):
-        a, b = image.mean(axis=0).ravel(), saliency[0].ravel()
-        if a.std() < 1e-6 or b.std() < 1e-6:
-            out.append(np.nan)
-        else:
-            out.append(abs(np.corrcoef(a, b)[0, 1]))
-    return np.array(out)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -159,14 +140,14 @@ def test_image_and_map_share_the_geometry(blob_shards: Path, seed: int) -> None:
     """All augmentations on: each view still lines up with its own map, not another's."""
     x1, x2, m1, m2 = run_views(blob_shards, 2, 24, img_size=48, seed=seed)
     for x, m, other in ((x1, m1, m2), (x2, m2, m1)):
-        own = correlations(x, m)
+        own = map_correlations(x, m)
         valid = ~np.isnan(own)
         assert valid.mean() > 0.9
         assert np.nanmin(own) > 0.6, np.nanmin(own)
         assert np.nanmean(own) > 0.9
         # the same measure on the other view's map, or on another sample's, falls apart
-        assert np.nanmean(correlations(x, other)) < 0.6
-        assert np.nanmean(correlations(x, np.roll(m, 1, axis=0))) < 0.5
+        assert np.nanmean(map_correlations(x, other)) < 0.6
+        assert np.nanmean(map_correlations(x, np.roll(m, 1, axis=0))) < 0.5
 
 
 def test_rotation_and_flips_move_the_content(blob_shards: Path) -> None:
@@ -177,7 +158,7 @@ def test_rotation_and_flips_move_the_content(blob_shards: Path) -> None:
     _, plain, _, plain_map = run_views(blob_shards, 1, 24, img_size=48, view1=fixed, view2=fixed)
     changed = [not np.allclose(a, b, atol=0.02) for a, b in zip(moved_map, plain_map, strict=True)]
     assert 0.75 < np.mean(changed) <= 1.0  # P(no rotation, no flip) = 0.2 * 0.25 = 0.05
-    assert np.nanmin(correlations(moved, moved_map)) > 0.9
+    assert np.nanmin(map_correlations(moved, moved_map)) > 0.9
     # un-augmented image and map are the image drawn from its map
     assert np.allclose(plain.mean(axis=1) * 2, plain_map[:, 0], atol=0.03)
 

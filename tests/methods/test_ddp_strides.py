@@ -7,18 +7,16 @@ and DDP warns "Grad strides do not match bucket view strides" on every run.
 
 from __future__ import annotations
 
-import socket
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ssit.methods.heads import PointwiseConv2d, build_saliency_segmentor
+from tests.gloo_ranks import run_on_ranks
 from tests.methods.conftest import run_ssit, tiny_ssit, views
 
 WORLD = 2
@@ -70,43 +68,28 @@ def test_every_gradient_of_the_model_is_laid_out_like_its_parameter() -> None:
     assert not mismatched
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def worker(rank: int, port: int, out: Path) -> None:
-    # Two intra-op threads: with one, the CPU convolution happens to return a contiguous
-    # gradient and the old layout would go unnoticed.
-    torch.set_num_threads(2)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    try:
-        torch.manual_seed(0)
-        model = DistributedDataParallel(tiny_ssit())
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for step in range(2):
-                loss_cl, loss_ss = run_ssit(
-                    model, *views(batch=8, size=64, seed=10 * rank + step), momentum=0.9
-                )
-                optimizer.zero_grad(set_to_none=True)
-                (loss_cl + loss_ss).backward()
-                optimizer.step()
-        (out / f"rank{rank}.txt").write_text("\n".join(str(w.message) for w in caught))
-        dist.barrier()  # leave together (see tests/train/test_stop_agreement.py)
-    finally:
-        dist.destroy_process_group()
+def rank_work(rank: int) -> str:
+    """Two DDP steps of a tiny SSiT; the warnings they raised, one per line."""
+    torch.manual_seed(0)
+    model = DistributedDataParallel(tiny_ssit())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(2):
+            loss_cl, loss_ss = run_ssit(
+                model, *views(batch=8, size=64, seed=10 * rank + step), momentum=0.9
+            )
+            optimizer.zero_grad(set_to_none=True)
+            (loss_cl + loss_ss).backward()
+            optimizer.step()
+    return "\n".join(str(w.message) for w in caught)
 
 
 @pytest.mark.slow
 @pytest.mark.ddp
 @pytest.mark.timeout(300)
 def test_two_rank_ddp_run_shows_no_stride_warning(tmp_path: Path) -> None:
-    mp.spawn(worker, args=(free_port(), tmp_path), nprocs=WORLD, join=True)
-    for rank in range(WORLD):
-        messages = (tmp_path / f"rank{rank}.txt").read_text()
+    # Two intra-op threads: with one, the CPU convolution happens to return a contiguous
+    # gradient and the old layout would go unnoticed.
+    for rank, messages in enumerate(run_on_ranks(rank_work, tmp_path, WORLD, threads=2)):
         assert STRIDE_WARNING not in messages, f"rank {rank}: {messages}"

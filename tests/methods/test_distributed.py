@@ -15,16 +15,12 @@ per-sample features identical between the two runs:
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from ssit.methods.contrastive import contrastive_loss
+from tests.gloo_ranks import run_on_ranks
 from tests.methods.conftest import run_ssit, tiny_ssit, views
 
 WORLD = 2
@@ -61,36 +57,19 @@ def model_run(train_bn: bool, batch: list[torch.Tensor], ddp: bool) -> dict[str,
     return {"loss_cl": loss_cl.detach(), "loss_ss": loss_ss.detach(), "grads": grads}
 
 
-def worker(rank: int, port: int, out: Path) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    try:
-        q, k = random_embeddings()
-        q_local, k_local = local((q, k), rank)
-        results = {
-            "function": contrastive_loss(q_local, k_local, 0.2),
-            "eval_bn": model_run(False, local(distinct_views(), rank), ddp=True),
-            "train_bn": model_run(True, local(mirrored_views(), rank), ddp=True),
-        }
-        torch.save(results, out / f"rank{rank}.pt")
-        dist.barrier()  # leave together (see tests/train/test_stop_agreement.py)
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def rank_work(rank: int) -> dict[str, object]:
+    q, k = random_embeddings()
+    q_local, k_local = local((q, k), rank)
+    return {
+        "function": contrastive_loss(q_local, k_local, 0.2),
+        "eval_bn": model_run(False, local(distinct_views(), rank), ddp=True),
+        "train_bn": model_run(True, local(mirrored_views(), rank), ddp=True),
+    }
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(free_port(), out), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return run_on_ranks(rank_work, tmp_path_factory.mktemp("ddp"), WORLD)
 
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(300)]

@@ -11,13 +11,8 @@ so that per-sample features do not depend on how the batch is split.
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from ssit.backbones import CNNConfig
@@ -25,6 +20,7 @@ from ssit.methods.config import GraVISConfig, SimCLRConfig
 from ssit.methods.gather import gather_with_gradients
 from ssit.methods.gravis import build_gravis, smooth_ap_loss
 from ssit.methods.simclr import build_simclr, nt_xent_loss
+from tests.gloo_ranks import run_on_ranks
 
 WORLD = 2
 LOCAL_IMAGES = 4
@@ -72,46 +68,30 @@ def method_run(name: str, batch: list[torch.Tensor], ddp: bool) -> dict[str, obj
     return {"loss": loss.detach(), "grads": grads}
 
 
-def worker(rank: int, port: int, out: Path) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    try:
-        # Gather: rank r contributes rows filled with r + 1; rank r weights the result by r + 1.
-        mine = torch.full((2, 3), float(rank + 1), requires_grad=True)
-        gathered, offset = gather_with_gradients(mine)
-        weights = torch.arange(4.0)[:, None] * (rank + 1)
-        (gathered * weights).sum().backward()
-        gather = {"gathered": gathered.detach(), "offset": offset, "grad": mine.grad}
+def rank_work(rank: int) -> dict[str, object]:
+    # Gather: rank r contributes rows filled with r + 1; rank r weights the result by r + 1.
+    mine = torch.full((2, 3), float(rank + 1), requires_grad=True)
+    gathered, offset = gather_with_gradients(mine)
+    weights = torch.arange(4.0)[:, None] * (rank + 1)
+    (gathered * weights).sum().backward()
+    gather = {"gathered": gathered.detach(), "offset": offset, "grad": mine.grad}
 
-        z1, z2, rows = embeddings()
-        local = [half(t, rank).clone().requires_grad_(True) for t in (z1, z2, rows, rows)]
-        results = {
-            "gather": gather,
-            "nt_xent": loss_and_grads(nt_xent_loss(local[0], local[1], 0.1), *local[:2]),
-            "smooth_ap": loss_and_grads(smooth_ap_loss(local[2], K), local[2]),
-            "smooth_ap_variant": loss_and_grads(smooth_ap_loss(local[3], K, **VARIANT), local[3]),
-            "simclr": method_run("simclr", [half(v, rank) for v in images(2)], ddp=True),
-            "gravis": method_run("gravis", [half(v, rank) for v in images(K)], ddp=True),
-        }
-        torch.save(results, out / f"rank{rank}.pt")
-        dist.barrier()  # leave together (see tests/train/test_stop_agreement.py)
-    finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    z1, z2, rows = embeddings()
+    local = [half(t, rank).clone().requires_grad_(True) for t in (z1, z2, rows, rows)]
+    results = {
+        "gather": gather,
+        "nt_xent": loss_and_grads(nt_xent_loss(local[0], local[1], 0.1), *local[:2]),
+        "smooth_ap": loss_and_grads(smooth_ap_loss(local[2], K), local[2]),
+        "smooth_ap_variant": loss_and_grads(smooth_ap_loss(local[3], K, **VARIANT), local[3]),
+        "simclr": method_run("simclr", [half(v, rank) for v in images(2)], ddp=True),
+        "gravis": method_run("gravis", [half(v, rank) for v in images(K)], ddp=True),
+    }
+    return results
 
 
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("gather_ddp")
-    mp.spawn(worker, args=(free_port(), out), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return run_on_ranks(rank_work, tmp_path_factory.mktemp("gather_ddp"), WORLD)
 
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(300)]

@@ -7,47 +7,29 @@ so a GPU job's host process does not wait for the GPU at every step. A context w
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ssit.train import list_checkpoints, load_checkpoint
 from ssit.train.distributed import DistributedContext, any_rank
+from tests.gloo_ranks import run_on_ranks
 from tests.train.conftest import tiny_overrides
 
 WORLD = 2
 STOP_CALL = 3  # rank 1 raises its flag from this call on
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def flag_worker(rank: int, port: int, out: Path) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    try:
-        ctx = DistributedContext(rank, WORLD, rank, torch.device("meta"))
-        seen = []
-        for call in range(1, 6):
-            stop = rank == 1 and call >= STOP_CALL
-            clock = rank == 0 and call == 2  # only rank 0 keeps the checkpoint clock
-            seen.append(any_rank([stop, clock], ctx))
-        (out / f"rank{rank}.json").write_text(json.dumps(seen))
-        # Both ranks leave together: a rank that tears its connections down while its peer
-        # still reads from them makes gloo abort the peer.
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def flag_work(rank: int) -> list[list[bool]]:
+    """The agreed flags of five step boundaries; rank 1 asks to stop from ``STOP_CALL`` on."""
+    ctx = DistributedContext(rank, WORLD, rank, torch.device("meta"))
+    seen = []
+    for call in range(1, 6):
+        stop = rank == 1 and call >= STOP_CALL
+        clock = rank == 0 and call == 2  # only rank 0 keeps the checkpoint clock
+        seen.append(any_rank([stop, clock], ctx))
+    return seen
 
 
 def test_single_process_flags_are_its_own() -> None:
@@ -59,8 +41,7 @@ def test_single_process_flags_are_its_own() -> None:
 @pytest.mark.ddp
 @pytest.mark.timeout(300)
 def test_ranks_agree_on_host_flags_at_the_same_call(tmp_path: Path) -> None:
-    mp.spawn(flag_worker, args=(free_port(), tmp_path), nprocs=WORLD, join=True)
-    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(WORLD)]
+    seen = run_on_ranks(flag_work, tmp_path, WORLD)
     expected = [[False, False], [False, True], [True, False], [True, False], [True, False]]
     assert seen == [expected, expected]
 
