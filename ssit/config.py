@@ -65,6 +65,11 @@ def load_config(
     for override in overrides:
         key, value = parse_override(override)
         _set_dotted(values, key, value)
+    return config_from_values(schema, values)
+
+
+def config_from_values(schema: type[T], values: Mapping[str, Any]) -> T:
+    """Build ``schema`` from nested values (e.g. a saved config), defaults filling the gaps."""
     upgrade = getattr(schema, "upgrade_config_values", None)
     if upgrade is not None:
         values = upgrade(values)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssit.backbones.config import BackboneConfig, MsSSLConfig
+from ssit.data.views import VIEW1, augmentation_with_overrides
 
 
 @dataclass
@@ -34,6 +35,17 @@ class MethodConfig:
 
 # (dotted key, value, whether it is valid, the valid range in words)
 RangeCheck = tuple[str, Any, bool, str]
+
+
+def check_augmentation_overrides(key: str, overrides: Any) -> None:
+    """Raise ``ValueError`` (one line, naming ``key``) when ``overrides`` is not a mapping of
+    known view-augmentation fields to valid values (each field is checked on its own)."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{key} must be a mapping of augmentation options, got {overrides!r}")
+    try:
+        augmentation_with_overrides(VIEW1, overrides)
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
 
 
 def positive(key: str, value: float) -> RangeCheck:
@@ -61,6 +73,10 @@ class SSiTConfig(MethodConfig):
     On the MsSSL hybrid: ``mask_cnn_pixels`` also blanks the dropped patches' pixels for the CNN
     branch (key selection drops ViT patches only), and ``segment_from: deep_learner`` lets the
     segmentation head read the Deep Learner's finer map instead of the ViT tokens.
+
+    ``view1_augmentation`` and ``view2_augmentation`` override fields of the paper's two view
+    recipes (``ssit.data.views.VIEW1`` and ``VIEW2``), e.g. to scale crops and blur to a small
+    resolution; left empty, the paper's views are used unchanged.
     """
 
     name: str = "ssit"
@@ -77,8 +93,12 @@ class SSiTConfig(MethodConfig):
     ss_decay: bool = False
     mask_cnn_pixels: bool = False
     segment_from: Literal["tokens", "deep_learner"] = "tokens"
+    view1_augmentation: dict[str, Any] = field(default_factory=dict)
+    view2_augmentation: dict[str, Any] = field(default_factory=dict)
 
     def check(self, backbone: BackboneConfig) -> None:
+        check_augmentation_overrides("method.view1_augmentation", self.view1_augmentation)
+        check_augmentation_overrides("method.view2_augmentation", self.view2_augmentation)
         if not backbone.uses_tokens:
             raise ValueError(
                 f"method ssit (MoCo v3 included) needs a token backbone (vit, msssl_hybrid), got "
@@ -128,6 +148,9 @@ class SimCLRConfig(MethodConfig):
     proj_dim: int = 128
     augmentation: dict[str, Any] = field(default_factory=dict)
 
+    def check(self, backbone: BackboneConfig) -> None:
+        check_augmentation_overrides("method.augmentation", self.augmentation)
+
     def range_checks(self) -> list[RangeCheck]:
         return [
             positive("method.temperature", self.temperature),
@@ -156,6 +179,7 @@ class GraVISConfig(MethodConfig):
     augmentation: dict[str, Any] = field(default_factory=dict)
 
     def check(self, backbone: BackboneConfig) -> None:
+        check_augmentation_overrides("method.augmentation", self.augmentation)
         if self.views_per_image < 2:
             raise ValueError(
                 f"method.views_per_image must be at least 2, got {self.views_per_image}"

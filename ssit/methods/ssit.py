@@ -25,7 +25,7 @@ from ssit.backbones.extract import describe_backbone
 from ssit.backbones.registry import create_backbone
 from ssit.backbones.tokens import TOKENS, token_access
 from ssit.backbones.vit import create_vit
-from ssit.data.views import SSIT_VIEWS, ViewSpec
+from ssit.data.views import VIEW1, VIEW2, ViewAugmentation, ViewSpec, augmentation_with_overrides
 from ssit.methods.base import Method, Pictures, check_views
 from ssit.methods.config import MethodConfig, SSiTConfig
 from ssit.methods.contrastive import contrastive_loss, saliency_segmentation_loss
@@ -54,6 +54,7 @@ class SSiT(Method):
     built from ``arch``, ``img_size``, ``pretrained`` and ``encoder_kwargs``.
     ``mask_cnn_pixels`` blanks the dropped patches' pixels for a CNN branch;
     ``segment_from`` names the backbone's dense map the segmentation head reads.
+    ``view_augmentations`` are the two views' recipes (the paper's by default).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class SSiT(Method):
         backbone: nn.Module | None = None,
         mask_cnn_pixels: bool = False,
         segment_from: str = TOKENS,
+        view_augmentations: tuple[ViewAugmentation, ViewAugmentation] = (VIEW1, VIEW2),
     ) -> None:
         super().__init__()
         if pool not in ("max", "avg", None):
@@ -124,8 +126,10 @@ class SSiT(Method):
         )
         with_map = pool is not None or segmentation
         self.views: tuple[ViewSpec, ...] = tuple(
-            ViewSpec(spec.augmentation, with_map=with_map) for spec in SSIT_VIEWS
+            ViewSpec(augmentation, with_map=with_map) for augmentation in view_augmentations
         )
+        if len(self.views) != 2:
+            raise ValueError(f"SSiT takes two views, got {len(self.views)} augmentations")
         self.loss_names = ("cl", "ss") if segmentation else ("cl",)
 
     @property
@@ -274,4 +278,8 @@ def build_ssit(method: MethodConfig, backbone: BackboneConfig) -> SSiT:
         backbone=create_backbone(backbone),
         mask_cnn_pixels=method.mask_cnn_pixels,
         segment_from=method.segment_from,
+        view_augmentations=(
+            augmentation_with_overrides(VIEW1, method.view1_augmentation),
+            augmentation_with_overrides(VIEW2, method.view2_augmentation),
+        ),
     )

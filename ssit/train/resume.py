@@ -17,7 +17,7 @@ import torch
 
 from ssit.atomic_write import replace_json
 from ssit.backbones import describe_backbone
-from ssit.config import config_to_dict
+from ssit.config import ConfigError, config_from_values, config_to_dict
 from ssit.methods import Method
 from ssit.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -115,7 +115,7 @@ def load_resume_state(
             f"{chosen} was written by {state['world_size']} ranks; resume it with "
             f"{state['world_size']} ranks, not {ctx.world_size}"
         )
-    saved_config = upgrade_pretrain_values(state.get("config") or {})
+    saved_config = saved_config_with_defaults(state.get("config") or {})
     differing = config_fields_differing(saved_config, config_to_dict(cfg))
     locked = resume_locked_fields(differing)
     if locked:
@@ -126,6 +126,16 @@ def load_resume_state(
         log.warning("resuming with changed settings: %s", ", ".join(differing))
     log.info("resuming from %s (step %d)", chosen, state["step"])
     return state
+
+
+def saved_config_with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with today's defaults for keys added since it was written, so a
+    new option left at its default does not count as changed; as saved if it no longer
+    parses."""
+    try:
+        return config_to_dict(config_from_values(PretrainConfig, saved))
+    except ConfigError:
+        return upgrade_pretrain_values(saved)
 
 
 def check_resume_position(

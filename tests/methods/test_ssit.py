@@ -257,3 +257,22 @@ def test_selection_under_bf16_autocast_ranks_the_full_precision_map(make_ssit) -
         torch.testing.assert_close(
             model.key_features(hidden, saliency), model.key_features(x, saliency)
         )
+
+
+def test_view_overrides_reach_the_two_views() -> None:
+    from ssit.backbones import ViTConfig
+    from ssit.data.views import VIEW1, VIEW2
+    from ssit.methods import SSiTConfig, create_method
+
+    backbone = ViTConfig(arch="vit_tiny_patch16_224", img_size=32, kwargs={"depth": 1})
+    paper = create_method(SSiTConfig(proj_dim=8, mlp_dim=16), backbone)
+    assert [view.augmentation for view in paper.views] == [VIEW1, VIEW2]
+    assert all(view.with_map for view in paper.views)
+    scaled = create_method(
+        SSiTConfig(proj_dim=8, mlp_dim=16, view1_augmentation={"blur_sigma": [0.1, 0.5]},
+                   view2_augmentation={"solarize_p": 0.0}),
+        backbone,
+    )
+    first, second = (view.augmentation for view in scaled.views)
+    assert first.blur_sigma == (0.1, 0.5) and first.crop_scale == VIEW1.crop_scale
+    assert second.solarize_p == 0.0 and second.blur_sigma == VIEW2.blur_sigma

@@ -279,3 +279,38 @@ def test_resume_may_change_everything_but_seed_model_and_batch():
     assert resume_locked_fields(differing) == [
         "backbone.arch", "method.mask_ratio", "optim.batch_size", "optim.optimizer", "seed"]
     assert resume_locked_fields([]) == []
+
+
+def test_saved_config_without_newer_keys_takes_their_defaults(demo_shards):
+    from ssit.config import config_to_dict
+    from ssit.train.resume import saved_config_with_defaults
+
+    current = config_to_dict(_demo(demo_shards))
+    older = config_to_dict(_demo(demo_shards))
+    del older["method"]["view1_augmentation"], older["method"]["mask_cnn_pixels"]
+    assert config_fields_differing(saved_config_with_defaults(older), current) == []
+    changed = config_to_dict(_demo(demo_shards, "method.view1_augmentation={blur_p: 0.5}"))
+    assert config_fields_differing(saved_config_with_defaults(changed), current) == [
+        "method.view1_augmentation.blur_p"]
+    newer = {**current, "futuristic": 1}
+    assert saved_config_with_defaults(newer) == newer
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("method.view1_augmentation={blur_sigma: [0.1, 0.5]}", None),
+        ("method.view1_augmentation={zoom: 2}",
+         "method.view1_augmentation: unknown augmentation option(s) zoom"),
+        ("method.view2_augmentation={crop_scale: [0.9, 0.1]}",
+         "method.view2_augmentation: crop_scale must satisfy 0 < low <= high <= 1"),
+    ],
+)
+def test_ssit_view_overrides_are_checked_before_a_job(demo_shards, override, expected):
+    with pytest.raises(ConfigError, match="'method.view2_augmentation' must be a mapping"):
+        _demo(demo_shards, "method.view2_augmentation=[0.5]")
+    cfg = _demo(demo_shards, override)
+    if expected is None:
+        validate_pretrain_config(cfg, 1)
+    else:
+        assert expected in _refused(cfg)
