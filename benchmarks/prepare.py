@@ -33,7 +33,7 @@ from ssit.prepare.shards import write_shards
 from ssit.prepare.synth import synthesize
 from ssit.prepare.workers import available_cores, parallel_map
 
-IMAGES = 48
+IMAGES = 96
 HEIGHTS = (1450, 1550)  # with aspect 1.3-1.5: about 3 MP, like EyePACS
 COMMAND = "python -m benchmarks.prepare"
 

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ssit.prepare.crop import CROP_SIZE
-from ssit.prepare.shard_format import MANIFEST_FORMAT, PrepareError
+from ssit.prepare.shard_format import MANIFEST_FORMAT, PrepareError, recipe_name
 
 __all__ = [
     "GRADES",
@@ -300,7 +300,7 @@ def make_plan(
 def _fingerprint(tasks: Sequence[PlannedImage]) -> str:
     """Identity of a planned shard: its inputs (with size and mtime) and the processing format."""
     entries = [[t.source, t.key, t.grade, t.dataset, t.file_bytes, t.mtime_ns] for t in tasks]
-    recipe = "fast" if tasks and tasks[0].fast else "paper"
+    recipe = recipe_name(bool(tasks) and tasks[0].fast)
     payload = json.dumps({"format": MANIFEST_FORMAT, "crop": CROP_SIZE, "recipe": recipe,
                           "samples": entries})
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,9 +1,10 @@
 """Saliency map of a fundus crop: contrast enhancement + fine-grained static saliency.
 
 :func:`saliency_map_paper` is the SSiT authors' ``saliency_detect.py`` step for step (default
-recipe); :func:`saliency_map` is the slightly simpler variant of the ``--fast`` recipe (no JPEG
-round trip, circles by pixel-centre distance). Both use the bit-exact re-implementation of
-OpenCV's fine-grained saliency in :mod:`ssit.prepare.fine_grained`.
+recipe); :func:`saliency_map` is the cheaper variant of the ``--fast`` recipe: the blurred
+background of the contrast enhancement is computed at a quarter of the resolution, there is no
+JPEG round trip, and the circles go by pixel-centre distance. Both use the bit-exact
+re-implementation of OpenCV's fine-grained saliency in :mod:`ssit.prepare.fine_grained`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ import numpy as np
 from ssit.prepare.fine_grained import fine_grained_saliency
 from ssit.prepare.gaussian import gaussian_blur
 
-__all__ = ["saliency_float", "saliency_float_paper", "saliency_map", "saliency_map_paper"]
+__all__ = [
+    "reduced_scale_blur",
+    "saliency_float",
+    "saliency_float_paper",
+    "saliency_map",
+    "saliency_map_paper",
+]
 
 # Ratios of the saliency recipe for a 512-pixel crop: blur sigma 512/30, grey-out outside radius
 # 0.98 * 256, zero the map outside radius 240.
 _BLUR_SIGMA_FRACTION = 1 / 30
 _ENHANCE_RADIUS_FRACTION = 0.98 / 2
 _KEEP_RADIUS_FRACTION = 240 / 512
+# The --fast recipe blurs a copy shrunk by this factor (sigma 17 px at 512 px is 4.3 px there).
+_FAST_BLUR_REDUCTION = 4
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,11 +86,23 @@ def saliency_map_paper(bgr: np.ndarray) -> np.ndarray:
     return np.rint(saliency_float_paper(bgr) * 255).astype(np.uint8)
 
 
+def reduced_scale_blur(image: np.ndarray, sigma: float, reduction: int = _FAST_BLUR_REDUCTION
+                       ) -> np.ndarray:
+    """An approximate Gaussian blur of a square uint8 image, about 10x cheaper for a large
+    ``sigma``: area-shrink by ``reduction``, blur with ``sigma / reduction``, enlarge bilinearly."""
+    size = image.shape[0]
+    small_size = max(1, size // reduction)
+    small = cv2.resize(image, (small_size, small_size), interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(small, (0, 0), sigma * small_size / size)
+    return cv2.resize(blurred, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
 def saliency_float(crop: np.ndarray) -> np.ndarray:
-    """Saliency of a square RGB uint8 fundus crop as float32 in [0, 1] (zero outside r=240)."""
+    """Saliency of a square RGB uint8 fundus crop as float32 in [0, 1] (zero outside r=240),
+    the ``--fast`` recipe's: background blurred at reduced scale, no JPEG round trip."""
     size = _check_square_colour(crop)
     bgr = np.ascontiguousarray(crop[:, :, ::-1])
-    blurred = gaussian_blur(bgr, size * _BLUR_SIGMA_FRACTION)
+    blurred = reduced_scale_blur(bgr, size * _BLUR_SIGMA_FRACTION)
     enhanced = cv2.addWeighted(bgr, 4, blurred, -4, 128)
     enhanced[_outside_circle(size, size * _ENHANCE_RADIUS_FRACTION)] = 128
     saliency = fine_grained_saliency(enhanced)

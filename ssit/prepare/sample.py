@@ -6,8 +6,9 @@ Two recipes:
   their crop box, Pillow's Lanczos resize to 512, a quality-100 JPEG without chroma
   subsampling (stored as the sample's ``jpg``), and their saliency steps on that JPEG decoded
   by OpenCV. Only portrait photographs differ (centred square instead of a distorted resize).
-* ``fast=True``: JPEGs decoded at reduced scale, OpenCV box and area resize, saliency without
-  the JPEG round trip, quality-95 JPEG; several times cheaper, close but not identical maps.
+* ``fast=True``: JPEGs decoded at reduced scale, OpenCV box and area resize, saliency with the
+  background blurred at quarter scale and without the JPEG round trip, quality-95 JPEG; several
+  times cheaper, close but not identical maps.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ssit.prepare.saliency import saliency_map, saliency_map_paper
 __all__ = [
     "JPEG_QUALITY",
     "PAPER_JPEG_QUALITY",
-    "PNG_COMPRESSION",
+    "PNG_PARAMS",
     "Preprocessed",
     "encode_sample",
     "preprocess_image",
@@ -38,7 +39,9 @@ JPEG_QUALITY = 95
 """Quality of the stored crop in the ``fast`` recipe."""
 PAPER_JPEG_QUALITY = 100
 """Quality of the stored crop in the default recipe (4:4:4, as the authors' ``crop.py``)."""
-PNG_COMPRESSION = 6
+PNG_PARAMS = (cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE)
+"""zlib's run-length strategy for the 8-bit map: lossless like any PNG, and on fundus maps both
+smaller and about 3x faster to write than the default strategy at level 6."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ def encode_sample(
         jpeg = encoded.getvalue()
     else:
         jpeg = item.jpeg
-    ok, png = cv2.imencode(".png", item.saliency, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    ok, png = cv2.imencode(".png", item.saliency, list(PNG_PARAMS))
     if not ok:
         raise RuntimeError(f"PNG encoding of the saliency map of {source} failed")
     metadata = {

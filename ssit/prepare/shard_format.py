@@ -35,11 +35,18 @@ __all__ = [
     "iter_samples",
     "list_shards",
     "read_manifest",
+    "recipe_name",
     "split_member_name",
     "write_dali_index",
 ]
 
 MANIFEST_FORMAT = 1
+
+
+def recipe_name(fast: bool) -> str:
+    """The per-image recipe as recorded in the manifest and in each shard's identity; the
+    ``--fast`` name changes whenever its output does, so a resumed run redoes older shards."""
+    return "fast-2" if fast else "paper"
 STATE_DIR = ".state"
 """The folder ``ssit shards`` keeps its resume records and lock in, from its first moment."""
 

@@ -44,6 +44,7 @@ from ssit.prepare.shard_format import (
     MANIFEST_FORMAT,
     STATE_DIR,
     PrepareError,
+    recipe_name,
     write_dali_index,
 )
 from ssit.prepare.workers import available_cores, parallel_map
@@ -439,7 +440,7 @@ def _finish(
         "num_samples": written,
         "has_labels": has_labels,
         "image_size": CROP_SIZE,
-        "recipe": "fast" if fast else "paper",
+        "recipe": recipe_name(fast),
         "shards": [
             {"name": r["name"], "index": r["index"], "num_samples": r["num_samples"],
              "sha256": r["sha256"]}

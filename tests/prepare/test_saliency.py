@@ -88,3 +88,19 @@ def test_map_is_deterministic():
 def test_rejects_wrong_input(bad, message):
     with pytest.raises(ValueError, match=message):
         saliency_map(bad)
+
+
+def test_reduced_scale_blur_is_close_to_the_exact_blur_of_a_fundus():
+    from ssit.prepare.gaussian import gaussian_blur
+    from ssit.prepare.saliency import reduced_scale_blur
+
+    crop = np.ascontiguousarray(crop_fundus(data.retina()).image[:, :, ::-1])
+    exact = gaussian_blur(crop, SIZE / 30).astype(float)
+    approximate = reduced_scale_blur(crop, SIZE / 30).astype(float)
+    assert approximate.shape == crop.shape
+    difference = np.abs(approximate - exact)[radius_from_centre() < 230]
+    assert difference.mean() < 1.0 and np.percentile(difference, 99) < 4
+    too_small = reduced_scale_blur(crop, SIZE / 30 / 4).astype(float)
+    assert np.abs(too_small - exact)[radius_from_centre() < 230].mean() > 2 * difference.mean()
+    flat = np.full((SIZE, SIZE, 3), 77, np.uint8)
+    assert np.array_equal(reduced_scale_blur(flat, 5.0), flat)

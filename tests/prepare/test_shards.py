@@ -238,7 +238,7 @@ def test_fast_recipe_is_recorded_and_redoes_every_shard(small_raw, small_shards,
     report = write_shards(small_raw, out, labels=small_raw / "labels.csv", dataset="small",
                           shard_size=3, jobs=1, seed=5, progress=False, fast=True)
     assert report.reused_shards == 0 and report.written == 12
-    assert read_manifest(out)["recipe"] == "fast"
+    assert read_manifest(out)["recipe"] == "fast-2"
     fast_jpg = {s["__key__"]: s["jpg"] for s in tar_samples(out)}
     assert fast_jpg.keys() == default_jpg.keys()
     assert all(fast_jpg[key] != default_jpg[key] for key in fast_jpg)

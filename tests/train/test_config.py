@@ -307,7 +307,7 @@ def test_saved_config_without_newer_keys_takes_their_defaults(demo_shards):
     ],
 )
 def test_ssit_view_overrides_are_checked_before_a_job(demo_shards, override, expected):
-    with pytest.raises(ConfigError, match="'method.view2_augmentation' must be a mapping"):
+    with pytest.raises(ConfigError, match=r"'method\.view2_augmentation' must be a mapping"):
         _demo(demo_shards, "method.view2_augmentation=[0.5]")
     cfg = _demo(demo_shards, override)
     if expected is None:
