@@ -75,7 +75,7 @@ endif
 DEMO_RUN ?= runs/demo
 DEMO_TASKS ?= 2
 DEMO_PRETRAIN_N ?= 600
-DEMO_GRADE_N ?= 500
+DEMO_GRADE_N ?= 1000
 DEMO_HEIGHT ?= 400 480
 DEMO_PRETRAIN_SHARDS ?= shards/demo-pretrain
 DEMO_GRADE_SHARDS ?= shards/demo-grade

@@ -403,3 +403,10 @@ def test_launcher_shows_why_a_job_failed(demo_shards, tmp_path, launch):
     assert 2 <= len(excerpt) <= 13 and all(line.startswith("  ") for line in excerpt[1:])
     assert "Error" in excerpt[-1]
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("name", ["grade_paper", "grade_tiny_cpu", "grade_demo_cpu",
+                                  "semisup_eyepacs"])
+def test_packaged_grading_configs_load(name):
+    config = load_config(GradeConfig, name)
+    assert sum(config.data.split_fractions) == pytest.approx(1.0)

@@ -11,16 +11,18 @@ from ssit.backbones import ViTConfig
 from ssit.config import ConfigError, load_config
 from ssit.methods import SSiTConfig
 from ssit.train.config import (
+    REFERENCE_BATCH_SIZE,
     PretrainConfig,
     config_fields_differing,
     resolve_precision,
     resume_locked_fields,
     validate_pretrain_config,
 )
+from ssit.train.schedules import scaled_learning_rate
 
-PACKAGED = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "demo_tiny_cpu",
+PACKAGED = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "demo_tiny_cpu", "demo_ssit_cpu",
             "simclr_resnet50_eyepacs", "gravis_resnet50_eyepacs", "simclr_demo_cpu",
-            "gravis_demo_cpu")
+            "gravis_demo_cpu", "msssl_demo_cpu", "msssl_vits16_r50_eyepacs")
 
 
 def _demo(shards: Path, *overrides: str) -> PretrainConfig:
@@ -54,6 +56,14 @@ def test_defaults_are_the_papers():
 def test_packaged_configs_load(name):
     cfg = load_config(PretrainConfig, name)
     assert isinstance(cfg, PretrainConfig)
+
+
+def test_demo_pretraining_uses_the_papers_learning_rate_rule():
+    cfg = load_config(PretrainConfig, "demo_ssit_cpu")
+    paper = PretrainConfig().optim
+    assert cfg.optim.scale_lr and cfg.optim.lr == paper.lr
+    peak = scaled_learning_rate(cfg.optim.lr, cfg.optim.batch_size, REFERENCE_BATCH_SIZE)
+    assert peak == pytest.approx(6.25e-5)
 
 
 def test_paper_config_file_matches_the_defaults():
