@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ssit.prepare.workers import available_cores
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +160,7 @@ def run() -> str:
 
     # Every job runs single-threaded, so the runs share the cores side by side.
     runs = [(method, seed) for method in _available_methods() for seed in scale.seeds]
-    workers = max(1, min(len(os.sched_getaffinity(0)), 4)) if scale.cpu else 1
+    workers = min(available_cores(), 4) if scale.cpu else 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         floor = pool.submit(_grade, scale, "random", grade_shards, work / "grade-random")
         results = {run: pool.submit(pretrain_and_grade, *run) for run in runs}

@@ -41,14 +41,14 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = 1
+STATE_DIR = ".state"
+"""The folder ``ssit shards`` keeps its resume records and lock in, from its first moment."""
 
 
 def recipe_name(fast: bool) -> str:
     """The per-image recipe as recorded in the manifest and in each shard's identity; the
     ``--fast`` name changes whenever its output does, so a resumed run redoes older shards."""
     return "fast-2" if fast else "paper"
-STATE_DIR = ".state"
-"""The folder ``ssit shards`` keeps its resume records and lock in, from its first moment."""
 
 
 class PrepareError(ValueError):
