@@ -324,3 +324,16 @@ def test_ssit_view_overrides_are_checked_before_a_job(demo_shards, override, exp
         validate_pretrain_config(cfg, 1)
     else:
         assert expected in _refused(cfg)
+
+
+@pytest.mark.parametrize("name", ["simclr_demo_cpu", "gravis_demo_cpu"])
+def test_method_augmentation_overrides_are_checked_before_a_job(demo_shards, name):
+    def config(*overrides: str) -> PretrainConfig:
+        return load_config(PretrainConfig, name, [f"data.shards={demo_shards}",
+                                                  "optim.batch_size=2", *overrides])
+
+    validate_pretrain_config(config("method.augmentation={blur_p: 1.0}"), 1)
+    assert "method.augmentation: unknown augmentation option(s) zoom" in _refused(
+        config("method.augmentation={zoom: 2}"))
+    assert "method.augmentation: hue must be in [0, 0.5]" in _refused(
+        config("method.augmentation={hue: 0.9}"))
