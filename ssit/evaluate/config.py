@@ -185,6 +185,10 @@ class LinearConfig:
     # Standardise the frozen features with a parameter-free BatchNorm before the head (MAE's
     # linear probe); off in the paper's protocol.
     feature_norm: bool = False
+    # Encode every image once, without augmentation, and train the head on those stored
+    # features: about epochs-times less encoder work, for small CPU runs. Off in the paper's
+    # protocol, which trains the head on freshly augmented images every epoch.
+    cache_features: bool = False
 
 
 @dataclass

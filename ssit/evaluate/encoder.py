@@ -125,3 +125,22 @@ class GradingModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Predicted grade as a continuous score, shape (batch,)."""
         return self.head(self.feature_norm(self.features(images).float())).squeeze(1)
+
+
+class FeatureProbe(GradingModel):
+    """A linear probe whose input is the features :meth:`encode` computed beforehand (the probe
+    on cached features). Same modules and weights as :class:`GradingModel` with a frozen
+    backbone; only ``forward`` reads features instead of images."""
+
+    def __init__(self, encoder: Encoder, head_init_std: float = 0.01,
+                 feature_norm: bool = False) -> None:
+        super().__init__(encoder, freeze_backbone=True, head_init_std=head_init_std,
+                         feature_norm=feature_norm)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's grading features of ``images``."""
+        return super().features(images)
+
+    def features(self, features: torch.Tensor) -> torch.Tensor:
+        """The input itself: it already is the features."""
+        return features

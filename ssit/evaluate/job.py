@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import submitit
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from ssit.config import ConfigError, save_config
 from ssit.evaluate.architecture import (
@@ -42,8 +42,15 @@ from ssit.evaluate.datasets import (
     load_grading_data,
     split_layout,
 )
-from ssit.evaluate.encoder import Encoder, GradingModel, create_encoder, describe_encoder
+from ssit.evaluate.encoder import (
+    Encoder,
+    FeatureProbe,
+    GradingModel,
+    create_encoder,
+    describe_encoder,
+)
 from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
+from ssit.evaluate.inference import collect_outputs
 from ssit.evaluate.knn import extract_pooled_features, knn_grade
 from ssit.evaluate.metrics import grades_from_scores
 from ssit.evaluate.precision import resolve_device
@@ -200,14 +207,27 @@ def _run_regression(
 ) -> dict[str, Any]:
     data, train = cfg.data, cfg.train
     linear = train.protocol == "linear"
-    model = GradingModel(backbone, freeze_backbone=linear, head_init_std=train.head_init_std,
-                         feature_norm=linear and cfg.linear.feature_norm).to(device)
-    augment = train_transform(cfg.augment, cfg.encoder.img_size, data.mean, data.std)
+    norm = linear and cfg.linear.feature_norm
+    if linear and cfg.linear.cache_features:
+        model: GradingModel = FeatureProbe(backbone, train.head_init_std, norm)
+    else:
+        model = GradingModel(backbone, freeze_backbone=linear,
+                             head_init_std=train.head_init_std, feature_norm=norm)
+    model.to(device)
     plain = eval_transform(cfg.encoder.img_size, data.mean, data.std)
-    train_loader = _loader(splits["train"], augment, train.batch_size, True, cfg, device)
     external = [name for name in splits if name not in SPLITS]
     loaders = {name: _loader(splits[name], plain, train.eval_batch_size, False, cfg, device)
                for name in ("val", "test", *external)}
+    if isinstance(model, FeatureProbe):
+        loaders = {name: _feature_loader(model, loader, train.eval_batch_size, False, cfg,
+                                         device, precision, name)
+                   for name, loader in loaders.items()}
+        train_loader = _feature_loader(
+            model, _loader(splits["train"], plain, train.eval_batch_size, False, cfg, device),
+            train.batch_size, True, cfg, device, precision, "train")
+    else:
+        augment = train_transform(cfg.augment, cfg.encoder.img_size, data.mean, data.std)
+        train_loader = _loader(splits["train"], augment, train.batch_size, True, cfg, device)
     fit = fit_regression(model, train_loader, loaders["val"], train, out_dir, device, precision)
     setting = f"epoch {fit.best_epoch}"
     metrics = {}
@@ -246,6 +266,23 @@ def _run_knn(
         outcome[name] = {f"k={k}": metrics for k, metrics in graded.test.items()}
         outcome["selected"] = f"k={graded.selected_k}"
     return outcome
+
+
+def _feature_loader(
+    model: FeatureProbe, images: DataLoader, batch_size: int, shuffle: bool, cfg: GradeConfig,
+    device: torch.device, precision: str, name: str,
+) -> DataLoader:
+    """The frozen model's features of every image of ``images``, computed once, with grades."""
+    features, grades = collect_outputs(model, images, device, precision, forward=model.encode,
+                                       desc=f"{name} features", leave=False)
+    LOGGER.info("cached %d %s features of size %d", len(grades), name, features.shape[1])
+    return DataLoader(
+        TensorDataset(features, grades),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(grades) > batch_size,
+        generator=torch.Generator().manual_seed(cfg.train.seed) if shuffle else None,
+    )
 
 
 def _predictions_path(out_dir: Path, name: str) -> Path:

@@ -18,7 +18,7 @@ from ssit.evaluate.architecture import (
     resolve_encoder,
 )
 from ssit.evaluate.config import EncoderConfig
-from ssit.evaluate.encoder import GradingModel, create_encoder
+from ssit.evaluate.encoder import FeatureProbe, GradingModel, create_encoder
 from tests.backbones.conftest import OLD_CHECKPOINT, method_checkpoint, perturbed
 
 DEPTH4 = ViTConfig(arch="vit_tiny_patch16_224", img_size=32,
@@ -171,3 +171,24 @@ def test_linear_probe_feature_norm_standardises_features_without_parameters() ->
     with torch.no_grad():
         torch.testing.assert_close(model(images), expected)
         assert not torch.allclose(model(images), model.head(features).squeeze(1))
+
+
+def test_feature_probe_on_encoded_features_is_the_frozen_grading_model() -> None:
+    torch.manual_seed(0)
+    encoder = create_encoder(dataclasses.replace(DEFAULTS, model_kwargs={
+        "depth": 1, "embed_dim": 48, "num_heads": 2}))
+    torch.manual_seed(1)
+    model = GradingModel(encoder, freeze_backbone=True, head_init_std=0.5, feature_norm=True)
+    torch.manual_seed(1)
+    probe = FeatureProbe(encoder, head_init_std=0.5, feature_norm=True)
+    assert probe.state_dict().keys() == model.state_dict().keys()
+    assert [name for name, p in probe.named_parameters() if p.requires_grad] == [
+        "head.weight", "head.bias"]
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        features = probe.encode(images)
+        assert features.shape == (6, 96)  # class token + mean patch token
+        torch.testing.assert_close(features, model.features(images))
+        for mode in (True, False):  # batch statistics, then running statistics
+            torch.testing.assert_close(probe.train(mode)(features), model.train(mode)(images))
+        assert not torch.allclose(probe(features + 1.0), model(images))

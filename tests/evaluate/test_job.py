@@ -57,6 +57,38 @@ def test_linear_probe_keeps_backbone_frozen(layouts, crop_cache, tmp_path):
     assert all(torch.equal(trained[f"backbone.{key}"], value) for key, value in initial.items())
 
 
+def test_linear_probe_on_cached_features_encodes_each_image_once(layouts, crop_cache, tmp_path):
+    import torch
+
+    from ssit.evaluate.encoder import create_encoder
+
+    config = tiny_config("folder", layouts["folder"], "linear", f"data.cache_dir={crop_cache}",
+                         "linear.cache_features=true", "linear.feature_norm=true",
+                         "train.epochs=2")
+    result = run_grading(config, tmp_path)
+    log = (tmp_path / "grade.log").read_text()
+    split = {name: sum(1 for line in (tmp_path / "split.csv").read_text().splitlines()
+                       if line.endswith(f",{name}")) for name in ("train", "val", "test")}
+    for name, count in split.items():
+        assert f"cached {count} {name} features of size 96" in log
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert result["test"][result["selected"]]["num_samples"] == split["test"] == 10
+    assert (tmp_path / "predictions.csv").read_text().count("\n") == 11
+    trained = torch.load(tmp_path / "best.pt", weights_only=True)
+    torch.manual_seed(config.train.seed)
+    initial = create_encoder(config.encoder).model.state_dict()
+    assert all(torch.equal(trained[f"backbone.{key}"], value) for key, value in initial.items())
+    assert trained["head.weight"].abs().max() > 0 and "feature_norm.running_mean" in trained
+    # the stored features are what the probe resumes on: one more epoch continues from last.pt
+    (tmp_path / "results.json").unlink()
+    longer = tiny_config("folder", layouts["folder"], "linear", f"data.cache_dir={crop_cache}",
+                         "linear.cache_features=true", "linear.feature_norm=true",
+                         "train.epochs=3")
+    resumed = run_grading(longer, tmp_path)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"][:2] == result["history"]
+
+
 def test_validation_before_submission(layouts, tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         validate_grading_config(tiny_config("folder", tmp_path / "none", "knn"))
