@@ -1,0 +1,64 @@
+"""The methods table: its settings, its markdown, and one real (smoke) run of every method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import methods_table
+from benchmarks.methods_table import METHODS, RANDOM, SCALES, format_section
+
+
+def test_every_setting_writes_its_own_section() -> None:
+    keys = {scale.section_key for scale in SCALES.values()}
+    assert len(keys) == len(SCALES)
+    assert SCALES["cpu-long"].section_key == "methods_table_cpu_long"
+    for scale in SCALES.values():  # the same backbone for all, and the hybrid's ViT branch too
+        vit = [o for o in scale.backbone if o.startswith(("backbone.arch", "backbone.img_size",
+                                                          "backbone.kwargs"))]
+        assert len(vit) == 3 and set(vit) <= set(scale.hybrid)
+
+
+def test_the_setting_comes_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("SSIT_METHODS_SCALE", "cpu-long")
+    assert methods_table.section_key() == "methods_table_cpu_long"
+    monkeypatch.setenv("SSIT_METHODS_SCALE", "tpu")
+    with pytest.raises(SystemExit, match="'tpu' is not one of cpu, cpu-long, gpu, smoke"):
+        methods_table.default_scale()
+
+
+def test_section_gives_mean_and_sample_spread_per_protocol() -> None:
+    kappas = {RANDOM: {"knn": [0.1, 0.3, 0.2], "linear": [0.0, 0.2, 0.1]},
+              "SSiT": {"knn": [0.5, 0.5], "linear": [0.4, 0.7]},
+              "GraVIS": {"knn": [], "linear": []}}
+    minutes = {RANDOM: [(0.0, 0.2), (0.0, 0.4), (0.0, 0.3)], "SSiT": [(3.0, 0.3), (1.0, 0.1)],
+               "GraVIS": []}
+    text = format_section(SCALES["cpu"], kappas, minutes, sets_min=1.5, total_min=12.25)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == [
+        "| random encoder | 0.200 ± 0.100 | 0.100 ± 0.100 | 0.3 |",
+        "| SSiT | 0.500 ± 0.000 (2 of 3 seeds) | 0.550 ± 0.212 (2 of 3 seeds) | 2.0 + 0.2 |",
+        "| GraVIS | failed | failed | - |",
+    ]
+    assert "Whole table: 12.2 min, of which 1.5 min making the two sets" in text
+    assert "--scale cpu " in text
+
+
+@pytest.mark.slow
+def test_smoke_setting_pretrains_and_grades_every_method(tmp_path) -> None:
+    text = methods_table.run(SCALES["smoke"], work=tmp_path)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:3] for line in text.splitlines()
+            if line.startswith("| ") and "---" not in line and not line.startswith("| encoder |")}
+    assert list(rows) == [RANDOM, "random MsSSL backbone", *METHODS]
+    for knn, linear in rows.values():
+        assert -1 <= float(knn) <= 1 and -1 <= float(linear) <= 1
+    for method in ("ssit", "mocov3", "simclr", "gravis", "msssl"):
+        run = tmp_path / f"{method}-seed0"
+        assert (run / "pretrain" / "config.yaml").is_file()
+        assert (run / "grade" / "summary.json").is_file()
+    msssl = (tmp_path / "msssl-seed0" / "pretrain" / "config.yaml").read_text()
+    assert "mobilenetv3_small_100" in msssl and "depth: 4" in msssl
+    floor = json.loads((tmp_path / "random-msssl-seed0" / "grade" / "summary.json").read_text())
+    assert {job["backbone"] for job in floor} == {"msssl_hybrid"}
+    assert (tmp_path / "random-msssl-seed0" / "pretrain" / "initial.pt").is_file()
