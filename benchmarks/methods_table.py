@@ -11,7 +11,7 @@ seeds give a mean and a spread (the sample standard deviation): the pre-training
 floor the seed that initialises it.
 
 Settings (``SSIT_METHODS_SCALE``, or ``--scale``): ``cpu`` (default without CUDA) fits in 20
-minutes on two cores; ``cpu-long`` gives the same runs more epochs (about an hour), the budget
+minutes on two cores; ``cpu-long`` gives the same runs more epochs (about 35 minutes), the budget
 at which SSiT pulls away from the floor on the CPU; ``gpu`` (default with CUDA) is ViT-S/16 at
 224 px with a larger set and budget; ``smoke`` checks the wiring only (its numbers mean nothing).
 """
@@ -280,11 +280,11 @@ def format_section(scale: Scale, kappas: dict[str, dict[str, list[float]]],
         "python -m benchmarks.run --only methods_table`).",
         f"Pre-training: {scale.pretrain_images} unlabelled synthetic images (seed 0), "
         f"{scale.epochs} epoch(s) (the first a warm-up), each method's own batch and "
-        "learning-rate "
-        f"rule, backbone `{' '.join(scale.backbone)}`; MsSSL: its hybrid backbone with that ViT "
-        f"branch (`{' '.join(scale.hybrid)}`). Grading: {scale.grade_images} other labelled "
-        "synthetic images (seed 1), split 50/20/30 (the test split is never used for "
-        "selection), `grade_demo_cpu` (kNN; linear probe on features computed once). Test "
+        f"learning-rate rule, backbone `{' '.join(scale.backbone)}`; MsSSL: its hybrid "
+        f"backbone with that ViT branch (`{' '.join(scale.hybrid)}`). Grading: "
+        f"{scale.grade_images} other labelled synthetic images (seed 1), split 50/20/30 (the "
+        "test split is never used for selection), `grade_demo_cpu` (kNN; linear probe on "
+        "features computed once). Test "
         f"quadratic kappa, mean ± standard deviation over seeds {list(scale.seeds)} (pre-training "
         "seeds; for a floor, the seed that initialises it). Whole table: "
         f"{total_min:.1f} min, of which {sets_min:.1f} min making the two sets.",
