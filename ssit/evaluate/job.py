@@ -32,16 +32,7 @@ from ssit.evaluate.architecture import (
     resolve_encoder,
 )
 from ssit.evaluate.config import GradeConfig
-from ssit.evaluate.datasets import (
-    LAYOUTS,
-    SPLITS,
-    DatasetError,
-    GradedImage,
-    GradingDataset,
-    class_counts,
-    load_grading_data,
-    split_layout,
-)
+from ssit.evaluate.datasets import GradingDataset, class_counts, load_grading_data, split_layout
 from ssit.evaluate.encoder import (
     Encoder,
     FeatureProbe,
@@ -52,6 +43,7 @@ from ssit.evaluate.encoder import (
 from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
 from ssit.evaluate.inference import collect_outputs
 from ssit.evaluate.knn import extract_pooled_features, knn_grade
+from ssit.evaluate.layouts import LAYOUTS, SPLITS, DatasetError, GradedImage
 from ssit.evaluate.metrics import grades_from_scores
 from ssit.evaluate.precision import resolve_device
 from ssit.evaluate.report import draw_confusion_matrix, json_ready, result_table, write_json

@@ -41,9 +41,9 @@ from ssit.evaluate.binary_training import (
     referable_targets,
 )
 from ssit.evaluate.config import GradeConfig, SemisupConfig
-from ssit.evaluate.datasets import GradedImage
 from ssit.evaluate.encoder import Encoder
 from ssit.evaluate.finetune import TrainingError
+from ssit.evaluate.layouts import GradedImage
 from ssit.evaluate.metrics import REFERABLE_GRADE
 from ssit.evaluate.roc_plot import draw_roc_curves
 from ssit.evaluate.subsets import LABELLED_FILE, labelled_subset, read_labelled, write_labelled

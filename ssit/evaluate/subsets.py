@@ -27,14 +27,8 @@ import numpy as np
 
 from ssit.atomic_write import replacing
 from ssit.evaluate.config import DataConfig
-from ssit.evaluate.datasets import (
-    LAYOUTS,
-    SPLIT_FILE,
-    DatasetError,
-    GradedImage,
-    Splits,
-    write_split_file,
-)
+from ssit.evaluate.datasets import SPLIT_FILE, write_split_file
+from ssit.evaluate.layouts import LAYOUTS, DatasetError, GradedImage, Splits
 from ssit.evaluate.metrics import REFERABLE_GRADE
 
 LOGGER = logging.getLogger(__name__)

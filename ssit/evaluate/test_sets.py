@@ -14,7 +14,8 @@ from ssit.backbones.foreign import TIMM_PREFIX
 from ssit.evaluate.architecture import EncoderError, EncoderSource, load_encoder_source
 from ssit.evaluate.config import DataConfig
 from ssit.evaluate.crops import default_cache_dir
-from ssit.evaluate.datasets import LAYOUTS, DatasetError, GradedImage, crop_items, log_class_counts
+from ssit.evaluate.datasets import crop_items, log_class_counts
+from ssit.evaluate.layouts import LAYOUTS, DatasetError, GradedImage
 
 
 def is_timm_source(checkpoint: str) -> bool:

@@ -8,9 +8,6 @@ from pathlib import Path
 import pytest
 
 from ssit.evaluate.datasets import (
-    SPLITS,
-    DatasetError,
-    GradedImage,
     GradingDataset,
     allocate_split_sizes,
     apply_split_file,
@@ -18,6 +15,7 @@ from ssit.evaluate.datasets import (
     load_grading_data,
     split_items,
 )
+from ssit.evaluate.layouts import SPLITS, DatasetError, GradedImage
 from ssit.prepare.shards import write_shards
 from tests.evaluate.conftest import LAYOUT_MAKERS, PER_GRADE, write_csv
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ssit.evaluate.datasets import DatasetError, GradedImage
+from ssit.evaluate.layouts import DatasetError, GradedImage
 from ssit.evaluate.subsets import (
     labelled_subset,
     read_labelled,
