@@ -34,7 +34,8 @@ def test_section_gives_mean_and_sample_spread_per_protocol() -> None:
               "GraVIS": {"knn": [], "linear": []}}
     minutes = {RANDOM: [(0.0, 0.2), (0.0, 0.4), (0.0, 0.3)], "SSiT": [(3.0, 0.3), (1.0, 0.1)],
                "GraVIS": []}
-    text = format_section(SCALES["cpu"], kappas, minutes, sets_min=1.5, total_min=12.25)
+    text = format_section(SCALES["cpu"], kappas, minutes, {RANDOM}, sets_min=1.5,
+                          total_min=12.25)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == [
         "| random encoder | 0.200 ± 0.100 | 0.100 ± 0.100 | 0.3 |",
