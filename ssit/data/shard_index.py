@@ -22,12 +22,13 @@ import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from PIL import Image
 
+from ssit.data.tar_members import member_at
 from ssit.prepare.shard_format import PrepareError, list_shards, split_member_name
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class MissingIndexError(ShardError):
     """A shard has no DALI index file next to it, or the index cannot be parsed."""
 
 
+class IndexMismatchError(ShardError):
+    """An index entry does not point at the tar member it names (or at another sample's)."""
+
+
 class MissingSaliencyError(ShardError):
     """The shards hold no `sal.png` (or no `jpg`) component at all."""
 
@@ -72,6 +77,8 @@ class IndexedSample:
     key: str
     components: dict[str, tuple[int, int]]
     line: str
+    names: dict[str, str] = field(default_factory=dict)
+    """The tar member name of each component (index format v1.2; empty for v1.1)."""
 
 
 @dataclass
@@ -192,6 +199,7 @@ def parse_index(index_path: Path) -> list[IndexedSample]:
         if not tokens or len(tokens) % group:
             raise MissingIndexError(f"{index_path}:{number}: malformed index line")
         components: dict[str, tuple[int, int]] = {}
+        names: dict[str, str] = {}
         key = f"{index_path.stem}#{number - 2}"
         for i in range(0, len(tokens), group):
             ext, offset, size = tokens[i], tokens[i + 1], tokens[i + 2]
@@ -199,8 +207,9 @@ def parse_index(index_path: Path) -> list[IndexedSample]:
                 raise MissingIndexError(f"{index_path}:{number}: malformed index line")
             components[ext] = (int(offset), int(size))
             if group == 4:
+                names[ext] = tokens[i + 3]
                 key = split_member_name(tokens[i + 3])[0]
-        samples.append(IndexedSample(key=key, components=components, line=line))
+        samples.append(IndexedSample(key=key, components=components, line=line, names=names))
     if len(samples) != int(header[1]):
         raise MissingIndexError(
             f"{index_path} lists {len(samples)} samples but its header says {header[1]}"
@@ -264,6 +273,7 @@ def load_shard_set(
     for tar_path, samples in zip(tar_paths, per_shard, strict=True):
         good = []
         with _mapped(tar_path) as data:
+            check_index_members(tar_path, samples, data)
             for sample in samples:
                 if validate:
                     reason = sample_defect(sample, data, components)
@@ -281,6 +291,50 @@ def load_shard_set(
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         log.warning("skipping %d unusable sample(s): %s%s", len(skipped), shown, more)
     return ShardSet(shards, components)
+
+
+def check_index_members(
+    tar_path: Path, samples: Sequence[IndexedSample], data: bytes | mmap.mmap
+) -> None:
+    """Refuse an index whose entries do not point at the tar members they stand for.
+
+    Every entry must point at the data of a regular member whose header (read just before the
+    offset) gives the entry's name (format v1.2), extension and size; all members of one sample
+    must share a key, and no two entries may point at the same member (entries past the end of
+    a truncated tar are left to :func:`sample_defect`). Raises
+    :class:`IndexMismatchError` naming the shard and the index line, and how to rebuild it.
+    """
+    used: dict[int, int] = {}
+    for number, sample in enumerate(samples, start=2):
+        problem = None
+        keys = set()
+        for ext, (offset, size) in sample.components.items():
+            if offset > len(data):
+                continue  # a truncated tar: the sample is left out as truncated
+            member = member_at(data, offset, sample.names.get(ext))
+            if member is None:
+                problem = f"points its {ext} at offset {offset}, where no member's data starts"
+            elif ext in sample.names and member.name != sample.names[ext]:
+                problem = f"names {sample.names[ext]} but points at member {member.name}"
+            elif split_member_name(member.name)[1] != ext:
+                problem = f"lists {ext} but points at member {member.name}"
+            elif member.size != size:
+                problem = f"gives {member.name} {size} bytes, the tar {member.size}"
+            elif offset in used:
+                problem = f"points at {member.name}, which line {used[offset]} already uses"
+            if problem:
+                break
+            used[offset] = number
+            keys.add(split_member_name(member.name)[0])
+        if problem is None and len(keys) > 1:
+            problem = f"pairs members of different samples ({', '.join(sorted(keys))})"
+        if problem:
+            index_path = index_path_for(tar_path)
+            raise IndexMismatchError(
+                f"shard {tar_path.name}: index {index_path.name} line {number} {problem}; "
+                f"rebuild it with `wds2idx {tar_path} {index_path}` (or delete it and re-run "
+                "`ssit shards`)"
+            )
 
 
 def _missing(sample: IndexedSample, components: tuple[str, ...]) -> str | None:
