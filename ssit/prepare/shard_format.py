@@ -56,7 +56,11 @@ class PrepareError(ValueError):
 
 
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
-    """The ``manifest.json`` of a shard directory."""
+    """The ``manifest.json`` of a shard directory, checked to list files of that directory.
+
+    Raises :class:`PrepareError` (one line) for a missing or unreadable manifest, another
+    format, or a ``shards`` entry without a plain file name (no folders, ``..`` or absolute paths).
+    """
     path = Path(shard_dir) / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
@@ -66,9 +70,26 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
         ) from None
     except (OSError, ValueError) as error:
         raise PrepareError(f"cannot read {path}: {error}") from error
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise PrepareError(f"{path}: unsupported manifest format {manifest.get('format')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise PrepareError(f"{path}: unsupported manifest format {found!r}")
+    _check_manifest_shards(manifest, path)
     return manifest
+
+
+def _check_manifest_shards(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest whose ``shards`` is not a list of entries naming files in its folder."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise PrepareError(f"{path}: 'shards' must be a list of shard entries, got "
+                           f"{type(shards).__name__ if 'shards' in manifest else 'nothing'}")
+    for number, entry in enumerate(shards, start=1):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name:
+            raise PrepareError(f"{path}: shard entry {number} has no 'name'")
+        if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise PrepareError(f"{path}: shard entry {number} names {name!r}, not a file in "
+                               "the manifest's own folder")
 
 
 def list_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
