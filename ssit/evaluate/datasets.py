@@ -66,7 +66,7 @@ def load_grading_data(cfg: DataConfig, out_dir: Path | None = None) -> Splits:
         raise DatasetError(f"data.path is empty: give the {cfg.dataset} folder")
     if not root.exists():
         raise DatasetError(f"{cfg.dataset}: {root} does not exist")
-    layout = LAYOUTS[cfg.dataset](root)
+    layout = drop_repeated_images(LAYOUTS[cfg.dataset](root), cfg.dataset)
     splits = split_layout(layout, cfg, _split_file_to_reuse(cfg, out_dir))
     for name in SPLITS:
         if not splits[name]:
@@ -79,6 +79,25 @@ def load_grading_data(cfg: DataConfig, out_dir: Path | None = None) -> Splits:
         splits = {name: crop_items(items, cache_dir, cfg.num_workers)
                   for name, items in splits.items()}
     return splits
+
+
+def drop_repeated_images(layout: Splits, dataset: str) -> Splits:
+    """The layout with each image key once: repeats with the same grade are dropped (and
+    logged in one line), an image listed with two grades is refused (:class:`DatasetError`),
+    by the rule ``ssit shards`` applies to its labels (:class:`~ssit.prepare.plan.GradeTable`).
+    """
+    from ssit.prepare.plan import GradeTable
+
+    table = GradeTable()
+    kept = {name: [item for item in items if table.add(item.key, item.grade)]
+            for name, items in layout.items()}
+    if table.conflicts:
+        raise DatasetError(f"{dataset}: {next(iter(table.conflicts.values()))}; fix the labels "
+                           "so that each image has one grade")
+    if table.repeated:
+        LOGGER.warning("%s: %d repeated row(s) of an image with the same grade, each image kept "
+                       "once (e.g. %s)", dataset, len(table.repeated), table.repeated[0])
+    return kept
 
 
 def split_layout(layout: Splits, cfg: DataConfig, split_file: Path | None = None) -> Splits:

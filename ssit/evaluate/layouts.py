@@ -284,27 +284,39 @@ def read_shard_dir(shard_dir: Path) -> list[GradedImage]:
 
 
 def _index_tar(tar_path: Path) -> list[GradedImage]:
-    images: dict[str, tuple[int, int]] = {}
-    grades: dict[str, int] = {}
+    """The graded images of one tar: consecutive members sharing a key (the full member name
+    up to the first dot of its file name, as pre-training reads it) make one sample."""
+    from ssit.prepare.shard_format import PrepareError, read_grade_member, split_member_name
+
+    samples: list[dict[str, object]] = []
     try:
         with tarfile.open(tar_path) as archive:
             for member in archive:
                 if not member.isfile():
                     continue
-                key, _, suffix = member.name.rpartition("/")[2].partition(".")
+                key, suffix = split_member_name(member.name)
+                if not samples or samples[-1]["key"] != key:
+                    samples.append({"key": key})
                 if suffix == "jpg":
-                    images[key] = (member.offset_data, member.size)
+                    samples[-1]["jpg"] = (member.offset_data, member.size)
                 elif suffix == "cls":
-                    data = archive.extractfile(member).read().decode().strip()
-                    grades[key] = _parse_grade(data, f"{tar_path.name}:{member.name}")
+                    where = f"{tar_path.name}:{key}"
+                    grade = read_grade_member(archive.extractfile(member).read(), where)
+                    if grade >= NUM_GRADES:
+                        raise DatasetError(f"shards: sample {where}: grade {grade} is not one "
+                                           f"of 0-{NUM_GRADES - 1}")
+                    samples[-1]["cls"] = grade
+    except PrepareError as error:
+        raise DatasetError(f"shards: {error}") from None
     except (OSError, tarfile.TarError) as error:
         raise DatasetError(f"shards: cannot read {tar_path}: {error}") from None
-    unlabelled = sorted(set(images) - set(grades))
+    images = [sample for sample in samples if "jpg" in sample]
+    unlabelled = [str(sample["key"]) for sample in images if "cls" not in sample]
     if unlabelled:
         raise DatasetError(f"shards: {len(unlabelled)} sample(s) in {tar_path.name} have no grade "
                            f"(e.g. {unlabelled[0]}); write the shards with --labels")
-    return [GradedImage(key, grades[key], tar_path, offset, size)
-            for key, (offset, size) in images.items()]
+    return [GradedImage(str(sample["key"]), int(sample["cls"]), tar_path, *sample["jpg"])
+            for sample in images]
 
 
 LAYOUTS: dict[str, Callable[[Path], Splits]] = {

@@ -31,6 +31,7 @@ from ssit.prepare.shard_format import MANIFEST_FORMAT, PrepareError, recipe_name
 __all__ = [
     "GRADES",
     "IMAGE_SUFFIXES",
+    "GradeTable",
     "Labels",
     "Plan",
     "PlannedImage",
@@ -103,6 +104,31 @@ def printable_name(name: str) -> str:
 # ---------------------------------------------------------------- labels
 
 
+class GradeTable:
+    """Grades by image id, with the rule for an image listed twice: the same grade again is a
+    repeat (the image counts once), another grade a conflict (the image cannot be used)."""
+
+    def __init__(self) -> None:
+        self.grades: dict[str, int] = {}
+        self.repeated: list[str] = []
+        """Images listed again with the grade they already had, once per repeat."""
+        self.conflicts: dict[str, str] = {}
+        """Image id -> one line naming it and its first two different grades."""
+
+    def add(self, image: str, grade: int) -> bool:
+        """Record one row; True when it is the first row of ``image``."""
+        if image not in self.grades:
+            self.grades[image] = grade
+            return True
+        first = self.grades[image]
+        if first == grade:
+            self.repeated.append(image)
+        else:
+            self.conflicts.setdefault(image,
+                                      f"conflicting grades for {image} ({first} and {grade})")
+        return False
+
+
 def read_labels(path: str | Path) -> Labels:
     """Parse an EyePACS-style labels CSV (header ``image,level``, grades 0-4).
 
@@ -124,7 +150,8 @@ def read_labels(path: str | Path) -> Labels:
         raise PrepareError(
             f"labels file {path} must start with the header 'image,level', got {','.join(header)!r}"
         )
-    grades: dict[str, int] = {}
+    table = GradeTable()
+    grades = table.grades
     problems: dict[str, str] = {}
     lines: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
@@ -141,10 +168,8 @@ def read_labels(path: str | Path) -> Labels:
         grade = int(value) if value in GRADE_TEXTS else -1
         if grade not in GRADES:
             problems[image] = f"labels line {line}: grade {value!r} is not an integer 0-4"
-        elif image in grades and grades[image] != grade:
-            problems[image] = f"conflicting grades for {image} ({grades[image]} and {grade})"
-        else:
-            grades.setdefault(image, grade)
+        elif not table.add(image, grade) and image in table.conflicts:
+            problems[image] = table.conflicts[image]
     for image in problems:
         grades.pop(image, None)
     return Labels(path, grades, problems, lines)

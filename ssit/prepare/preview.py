@@ -19,7 +19,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ssit.prepare.shard_format import PrepareError, iter_samples, list_shards
+from ssit.prepare.shard_format import (
+    PrepareError,
+    iter_samples,
+    list_shards,
+    read_grade_member,
+)
 
 __all__ = [
     "GAP",
@@ -67,7 +72,7 @@ def _decode_sample(sample: dict[str, Any]) -> SampleImages:
     saliency = cv2.imdecode(np.frombuffer(sample["sal.png"], np.uint8), cv2.IMREAD_GRAYSCALE)
     if bgr is None or saliency is None:
         raise PrepareError(f"sample {key!r} has an undecodable jpg or sal.png")
-    grade: int | str | None = sample["cls"].decode().strip() if "cls" in sample else None
+    grade: int | str | None = read_grade_member(sample["cls"], key) if "cls" in sample else None
     if grade is None and "json" in sample:
         grade = json.loads(sample["json"]).get("grade")
     return SampleImages(key, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), saliency, grade)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "PrepareError",
     "iter_samples",
     "list_shards",
+    "read_grade_member",
     "read_manifest",
     "recipe_name",
     "split_member_name",
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = 1
+_GRADE_MEMBER = re.compile(rb"[0-9]{1,6}\n?")
 STATE_DIR = ".state"
 """The folder ``ssit shards`` keeps its resume records and lock in, from its first moment."""
 
@@ -128,6 +131,19 @@ def list_shards(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     if missing:
         raise PrepareError(f"shard not found: {missing[0]}")
     return shards
+
+
+def read_grade_member(data: bytes, sample: str) -> int:
+    """The grade a ``cls`` member holds: ASCII digits as :mod:`ssit.prepare.sample` writes
+    them, optionally followed by one newline. Anything else (other digits, signs, spaces,
+    decimals, text that is not UTF-8) raises :class:`PrepareError` naming ``sample``."""
+    if _GRADE_MEMBER.fullmatch(data):
+        return int(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PrepareError(f"sample {sample}: its cls member is not UTF-8 text") from None
+    raise PrepareError(f"sample {sample}: cls {text[:20]!r} is not a grade (ASCII digits only)")
 
 
 def split_member_name(name: str) -> tuple[str, str]:

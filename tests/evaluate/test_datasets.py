@@ -111,11 +111,17 @@ def test_shards_single_directory_is_split(labelled_shards, data_config, tmp_path
     assert item.load(min_side=128).size == (128, 128)  # reduced-scale JPEG decoding
 
 
-def test_shards_per_split_directories(labelled_shards, data_config, tmp_path):
-    for name in SPLITS:
-        shutil.copytree(labelled_shards, tmp_path / "sets" / name)
+def test_shards_per_split_directories(layouts, data_config, tmp_path):
+    images = sorted((layouts["eyepacs"] / "train").glob("*.jpeg"))
+    for name, part in zip(SPLITS, (images[:30], images[30:40], images[40:]), strict=True):
+        source = tmp_path / "raw" / name
+        source.mkdir(parents=True)
+        for path in part:
+            shutil.copy(path, source / path.name)
+        write_shards(source, tmp_path / "sets" / name, dataset=name, shard_size=20, jobs=1,
+                     labels=layouts["eyepacs"] / "trainLabels.csv", progress=False)
     splits = load_grading_data(data_config("shards", tmp_path / "sets"))
-    assert [len(splits[name]) for name in SPLITS] == [50, 50, 50]
+    assert [len(splits[name]) for name in SPLITS] == [30, 10, 10]
 
 
 def test_grading_dataset_yields_tensors(layouts, data_config):
@@ -267,3 +273,114 @@ def test_split_sizes_by_hand():
     assert [sum(col) for col in zip(*sizes, strict=True)] == [18, 0, 2]
     assert all(sum(row) == 4 for row in sizes)
     assert allocate_split_sizes([10, 3], [0.7, 0.1, 0.2]) == [[7, 1, 2], [2, 0, 1]]
+
+
+def _append_rows(path: Path, rows: list[str]) -> None:
+    path.write_text(path.read_text() + "".join(f"{row}\n" for row in rows))
+
+
+def test_image_listed_with_two_grades_is_refused(data_config, tmp_path):
+    root = fresh_layout("eyepacs", tmp_path)
+    _append_rows(root / "trainLabels.csv", ["10_left,4"])  # 10_left is grade 0
+    with pytest.raises(DatasetError) as error:
+        load_grading_data(data_config("eyepacs", root), tmp_path / "job")
+    assert str(error.value) == ("eyepacs: conflicting grades for 10_left (0 and 4); fix the "
+                                "labels so that each image has one grade")
+    assert not (tmp_path / "job" / "split.csv").exists()
+
+
+def test_repeated_rows_with_one_grade_count_once(data_config, tmp_path, caplog):
+    root = fresh_layout("aptos2019", tmp_path)
+    rows = (root / "train.csv").read_text().splitlines()
+    _append_rows(root / "train.csv", [rows[1], rows[2], rows[1]])
+    caplog.set_level(logging.WARNING, logger="ssit")
+    splits = load_grading_data(data_config("aptos2019", root), tmp_path / "job")
+    check_splits(splits, 5 * PER_GRADE)
+    warnings = [r.getMessage() for r in caplog.records if "repeated" in r.getMessage()]
+    assert warnings == [f"aptos2019: 3 repeated row(s) of an image with the same grade, each "
+                        f"image kept once (e.g. {rows[1].split(',')[0]})"]
+
+
+def test_ddr_image_in_two_splits_with_two_grades_is_refused(data_config, tmp_path):
+    root = fresh_layout("ddr", tmp_path)
+    base = root / "DR_grading" if (root / "DR_grading").is_dir() else root
+    name, grade = (base / "train.txt").read_text().split()[:2]
+    shutil.copy(base / "train" / name, base / "test" / name)
+    _append_rows(base / "test.txt", [f"{name} {(int(grade) + 2) % 5}"])
+    with pytest.raises(DatasetError, match=f"conflicting grades for {Path(name).stem} "):
+        load_grading_data(data_config("ddr", root))
+
+
+def _write_graded_tar(folder: Path, name: str, members: list[tuple[str, bytes]]) -> Path:
+    import io
+    import json
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / name, "w") as tar:
+        for member, data in members:
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    manifest = folder / "manifest.json"
+    shards = json.loads(manifest.read_text())["shards"] if manifest.exists() else []
+    manifest.write_text(json.dumps({"format": 1, "has_labels": True,
+                                    "shards": [*shards, {"name": name}]}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def jpeg_bytes() -> bytes:
+    import numpy as np
+
+    from tests.data.conftest import encode_jpeg
+
+    return encode_jpeg(np.full((16, 16, 3), 90, np.uint8))
+
+
+def test_shard_samples_are_keyed_by_their_full_name(tmp_path, jpeg_bytes):
+    from ssit.evaluate.layouts import read_shard_dir
+
+    folder = _write_graded_tar(tmp_path / "s", "g-000000.tar", [
+        ("a/x.cls", b"1"), ("a/x.jpg", jpeg_bytes), ("b/x.cls", b"3\n"), ("b/x.jpg", jpeg_bytes),
+    ])
+    items = read_shard_dir(folder)
+    assert [(item.key, item.grade) for item in items] == [("a/x", 1), ("b/x", 3)]
+    assert items[1].load().size == (16, 16)
+
+
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        ("٣".encode(), "cls '٣' is not a grade"),
+        (b"+2", "cls '+2' is not a grade"),
+        (b" 3 ", "cls ' 3 ' is not a grade"),
+        (b"1e0", "cls '1e0' is not a grade"),
+        (b"3.0", "cls '3.0' is not a grade"),
+        (b"3\n\n", "is not a grade"),
+        (b"", "cls '' is not a grade"),
+        (b"7", "grade 7 is not one of 0-4"),
+        (b"\xff\xfe3", "its cls member is not UTF-8 text"),
+    ],
+)
+def test_shard_grades_must_be_plain_digits(tmp_path, jpeg_bytes, cls, message):
+    from ssit.evaluate.layouts import read_shard_dir
+
+    folder = _write_graded_tar(tmp_path / "s", "g-000000.tar", [
+        ("ok.cls", b"2"), ("ok.jpg", jpeg_bytes), ("bad.cls", cls), ("bad.jpg", jpeg_bytes),
+    ])
+    with pytest.raises(DatasetError) as error:
+        read_shard_dir(folder)
+    assert "\n" not in str(error.value)
+    assert "g-000000.tar:bad" in str(error.value) and message in str(error.value)
+
+
+def test_shard_sample_in_two_tars_with_two_grades_is_refused(tmp_path, jpeg_bytes):
+    from ssit.evaluate.datasets import drop_repeated_images
+    from ssit.evaluate.layouts import read_shards
+
+    folder = tmp_path / "s"
+    _write_graded_tar(folder, "g-000000.tar", [("x.cls", b"0"), ("x.jpg", jpeg_bytes)])
+    _write_graded_tar(folder, "g-000001.tar", [("x.cls", b"4"), ("x.jpg", jpeg_bytes)])
+    with pytest.raises(DatasetError, match=r"conflicting grades for x \(0 and 4\)"):
+        drop_repeated_images(read_shards(folder), "shards")

@@ -162,3 +162,22 @@ def test_samples_without_grade_say_so(demo_shards, tmp_path):
             out.addfile(member, tar.extractfile(member))
     assert read_samples(target, 1)[0].grade is None
     assert contact_sheet(target, n=1, tile=32).shape[0] > 0
+
+
+@pytest.mark.parametrize(("cls", "message"), [(b"\xff3", "its cls member is not UTF-8 text"),
+                                              (b"+2", "cls '+2' is not a grade")])
+def test_preview_names_a_sample_with_a_bad_grade(tmp_path, capsys, cls, message):
+    from ssit.cli import main
+
+    image = np.full((32, 32, 3), 80, np.uint8)
+    members = {"cls": cls, "jpg": cv2.imencode(".jpg", image)[1].tobytes(),
+               "sal.png": cv2.imencode(".png", image[..., 0])[1].tobytes()}
+    with tarfile.open(tmp_path / "p-000000.tar", "w") as tar:
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"eye7.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert main(["preview", str(tmp_path / "p-000000.tar"), "--out",
+                 str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "sample eye7" in err and message in err and len(err.strip().splitlines()) == 1
