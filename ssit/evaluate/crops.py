@@ -47,9 +47,10 @@ def crop_to_file(source: Path, target: Path) -> str | None:
     """Crop one photograph to ``target`` (atomically); return an error text instead of raising."""
     from ssit.prepare.crop import crop_fundus
     from ssit.prepare.decode import load_image
+    from ssit.prepare.image_size import DEFAULT_MAX_PIXELS
 
     try:
-        result = crop_fundus(load_image(source).rgb)
+        result = crop_fundus(load_image(source, max_pixels=DEFAULT_MAX_PIXELS).rgb)
         with replacing(target) as partial:
             Image.fromarray(result.image).save(partial, format="JPEG", quality=CROP_QUALITY)
     except Exception as error:  # any unreadable image is reported by name, not raised here

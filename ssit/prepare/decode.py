@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ssit.prepare.image_size import oversize_reason
+
 __all__ = ["MIN_IMAGE_SIDE", "BadImageError", "DecodedImage", "load_full_image", "load_image"]
 
 MIN_IMAGE_SIDE = 64
@@ -47,11 +49,15 @@ class DecodedImage:
     converted: str | None
 
 
-def load_image(path: str | Path, target: int | None = 512) -> DecodedImage:
+def load_image(
+    path: str | Path, target: int | None = 512, max_pixels: int | None = None
+) -> DecodedImage:
     """Decode ``path`` to RGB uint8, at reduced scale when a ``target``-pixel crop is all we need.
 
-    ``target=None`` decodes at full resolution. Raises :class:`BadImageError` with a short
-    reason for empty, truncated, non-image, too-small or unsupported files.
+    ``target=None`` decodes at full resolution. With ``max_pixels``, images whose header
+    declares more pixels, or whose size cannot be read before decoding, are refused first (see
+    :func:`~ssit.prepare.image_size.oversize_reason`). Raises :class:`BadImageError` with a
+    short reason for empty, truncated, non-image, too-large, too-small or unsupported files.
     """
     path = Path(path)
     try:
@@ -60,6 +66,10 @@ def load_image(path: str | Path, target: int | None = 512) -> DecodedImage:
         raise BadImageError(f"cannot read file: {error.strerror or error}") from error
     if not data:
         raise BadImageError("empty file")
+    if max_pixels is not None:
+        too_large = oversize_reason(path, max_pixels, data)
+        if too_large is not None:
+            raise BadImageError(too_large)
     if data.startswith(_JPEG_MAGIC):
         return _decode_jpeg(data, target)
     return _decode_other(data)

@@ -384,3 +384,14 @@ def test_shard_sample_in_two_tars_with_two_grades_is_refused(tmp_path, jpeg_byte
     _write_graded_tar(folder, "g-000001.tar", [("x.cls", b"4"), ("x.jpg", jpeg_bytes)])
     with pytest.raises(DatasetError, match=r"conflicting grades for x \(0 and 4\)"):
         drop_repeated_images(read_shards(folder), "shards")
+
+
+def test_raw_image_over_the_pixel_bound_is_not_decoded(data_config, tmp_path):
+    from tests.prepare.test_image_size import hdr
+
+    root = fresh_layout("aptos2019", tmp_path)
+    victim = hdr(sorted((root / "train_images").glob("*.png"))[3])
+    victim.write_bytes(victim.read_bytes().replace(b"-Y 80 +X 96", b"-Y 9000 +X 12000", 1))
+    with pytest.raises(Exception, match=victim.name) as error:
+        load_grading_data(data_config("aptos2019", root))
+    assert "image too large to decode (12000x9000 = 108 megapixels" in str(error.value)

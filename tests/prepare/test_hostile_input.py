@@ -227,6 +227,17 @@ def test_images_over_the_pixel_bound_are_refused_before_decoding(two_good, tmp_p
     assert report.written == 2
 
 
+def test_an_opencv_only_format_named_png_is_bound_too(two_good, tmp_path):
+    from tests.prepare.test_image_size import hdr
+
+    path = hdr(two_good / "radiance.png")
+    path.write_bytes(path.read_bytes().replace(b"-Y 80 +X 96", b"-Y 20000 +X 15000", 1))
+    report = write_shards(two_good, tmp_path / "out", shard_size=10, jobs=1, progress=False)
+    assert skipped_rows(tmp_path / "out")["radiance.png"] == (
+        "image too large to decode (15000x20000 = 300 megapixels, limit 100; see --max-pixels)")
+    assert report.written == 2
+
+
 def test_the_pixel_bound_is_an_option(two_good, tmp_path):
     out = tmp_path / "out"
     printed = io.StringIO()
