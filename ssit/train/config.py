@@ -36,10 +36,15 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 @dataclass
 class DataConfig:
-    """Where the shards are and how many CPU threads each rank's pipeline uses."""
+    """Where the shards are and how many CPU threads each rank's pipeline uses.
+
+    ``allow_other_shards`` lets a run resume on shards other than those its checkpoint was
+    trained on (refused by default).
+    """
 
     shards: str = "shards/eyepacs"
     num_threads: int = 4
+    allow_other_shards: bool = False
 
 
 @dataclass

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ssit.backbones import describe_backbone
 from ssit.config import save_config
+from ssit.data.fingerprint import shard_fingerprint
 from ssit.data.pipeline import PretrainPipeline
 from ssit.methods import Method, create_method
 from ssit.train.checkpoint import checkpoint_path, restore_rng_state
@@ -135,7 +136,8 @@ def pretrain(
     monitor = RunMonitor(run_dir, ctx.rank, cfg.log.progress_bar)
     pipe = None
     try:
-        resumed = load_resume_state(cfg, checkpoint_dir, ctx)
+        data_fingerprint = shard_fingerprint(cfg.data.shards)
+        resumed = load_resume_state(cfg, checkpoint_dir, ctx, data_fingerprint)
         if ctx.is_main:  # only once the checkpoint accepted this config
             save_config(cfg, run_dir / "config.yaml")
         memory_format = training_memory_format(cfg.backbone.name, ctx.device)
@@ -237,7 +239,7 @@ def pretrain(
                     progress.elapsed_s += time.monotonic() - session_start
                     session_start = time.monotonic()
                     save_run_checkpoint(cfg, model, optimizer, scaler, pipe, progress,
-                                        checkpoint_dir, ctx)
+                                        checkpoint_dir, ctx, data_fingerprint)
                     last_save_time = time.monotonic()
                 if stop:
                     log.info("stopped at step %d on request; resume from %s",

@@ -55,8 +55,11 @@ def save_run_checkpoint(
     progress: RunProgress,
     checkpoint_dir: Path,
     ctx: DistributedContext,
+    data_fingerprint: dict[str, str] | None = None,
 ) -> None:
-    """Collective: gather every rank's pipeline and RNG state; rank 0 writes the checkpoint."""
+    """Collective: gather every rank's pipeline and RNG state; rank 0 writes the checkpoint
+    (with ``data_fingerprint``, the :func:`~ssit.data.fingerprint.shard_fingerprint` of the
+    shards it trained on)."""
     if progress.saved_step == progress.step:
         return
     per_rank = all_gather_objects((pipe.state_dict(), capture_rng_state()), ctx)
@@ -75,6 +78,7 @@ def save_run_checkpoint(
             "pipeline_states": [pipeline_state for pipeline_state, _ in per_rank],
             "rng_states": [rng_state for _, rng_state in per_rank],
             "config": config_to_dict(cfg),
+            "data_fingerprint": data_fingerprint,
             "elapsed_s": progress.elapsed_s,
             "first_losses": progress.first_losses,
             "last_losses": progress.last_losses,
@@ -89,9 +93,16 @@ def save_run_checkpoint(
 
 
 def load_resume_state(
-    cfg: PretrainConfig, checkpoint_dir: Path, ctx: DistributedContext
+    cfg: PretrainConfig,
+    checkpoint_dir: Path,
+    ctx: DistributedContext,
+    data_fingerprint: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
-    """The checkpoint to resume from (rank 0 picks it, every rank reads it), or None."""
+    """The checkpoint to resume from (rank 0 picks it, every rank reads it), or None.
+
+    With ``data_fingerprint`` (the shards this run reads), a checkpoint trained on other shards
+    is refused unless ``data.allow_other_shards`` (see :func:`check_resume_data`).
+    """
     chosen: str | None = None
     state: dict[str, Any] | None = None
     failure: str | None = None
@@ -124,8 +135,41 @@ def load_resume_state(
         )
     if differing and ctx.is_main:
         log.warning("resuming with changed settings: %s", ", ".join(differing))
+    if data_fingerprint is not None:
+        check_resume_data(state.get("data_fingerprint"), data_fingerprint, chosen,
+                          cfg.data.allow_other_shards, ctx.is_main)
     log.info("resuming from %s (step %d)", chosen, state["step"])
     return state
+
+
+def check_resume_data(
+    saved: dict[str, str] | None,
+    current: dict[str, str],
+    checkpoint: str,
+    allow_other_shards: bool,
+    log_it: bool = True,
+) -> None:
+    """Refuse to resume ``checkpoint`` on shards whose fingerprint differs from the one it saved
+    (one line naming both sources), unless ``allow_other_shards``: then say so in the log. A
+    checkpoint without a fingerprint (written before they were recorded) resumes with a
+    warning."""
+    if not isinstance(saved, dict) or not saved.get("digest"):
+        if log_it:
+            log.warning("%s records no fingerprint of its shards (an older checkpoint): resuming "
+                        "without checking that data.shards holds the same data", checkpoint)
+        return
+    if saved["digest"] == current["digest"]:
+        return
+    difference = (f"it was trained on shards with fingerprint {saved['digest'][:12]} (from "
+                  f"{saved.get('source', 'unknown')}) but data.shards now has fingerprint "
+                  f"{current['digest'][:12]} (from {current['source']})")
+    if not allow_other_shards:
+        raise CheckpointError(f"cannot resume {checkpoint}: {difference}; set "
+                              "data.allow_other_shards=true to continue on these shards on "
+                              "purpose, or use another --output")
+    if log_it:
+        log.warning("resuming %s on other shards on purpose (data.allow_other_shards=true): %s",
+                    checkpoint, difference)
 
 
 def saved_config_with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
