@@ -17,7 +17,9 @@ reused on its own.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import json
 import logging
@@ -234,8 +236,11 @@ class _ShardWriter:
         return record
 
     def abandon(self) -> None:
-        self.tar.close()
+        """Close and delete the unfinished shard (closing may fail again on a full disk)."""
+        with contextlib.suppress(OSError):
+            self.tar.close()
         self.tmp.unlink(missing_ok=True)
+        (self.out_dir / f"{self.name}.idx.tmp").unlink(missing_ok=True)
 
 
 class _BytesReader:
@@ -307,7 +312,8 @@ def write_shards(
     may write to ``out_dir``: another one is refused while this one holds it. Re-running
     after an interruption keeps every finished shard and redoes only the rest; the result is
     byte-identical to an uninterrupted run. Arguments are checked before any work and problems
-    raise :class:`PrepareError`; bad images are skipped and listed in ``skipped.csv``. The
+    raise :class:`PrepareError`, as does a full disk (finished shards stay finished);
+    bad images are skipped and listed in ``skipped.csv``. The
     default per-image recipe is the SSiT authors' (see :mod:`ssit.prepare.sample`); ``fast=True``
     trades exactness for speed.
     """
@@ -327,8 +333,16 @@ def write_shards(
     label_table = read_labels(labels) if labels is not None else None
     plan = make_plan(input_path, out_path, label_table, dataset, shard_size, seed, fast)
     with hold_output_folder(out_path):
-        return _write_planned(out_path, plan, label_table is not None, jobs, seed, max_pixels,
-                              progress, fast)
+        try:
+            return _write_planned(out_path, plan, label_table is not None, jobs, seed,
+                                  max_pixels, progress, fast)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise PrepareError(
+                f"no space left on the device of {out_path} ({error.strerror}): free some "
+                "space and re-run `ssit shards`; finished shards are kept, the rest is redone"
+            ) from None
 
 
 def _write_planned(

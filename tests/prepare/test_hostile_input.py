@@ -192,6 +192,58 @@ def test_a_second_run_into_the_same_folder_refuses_and_a_crash_leaves_no_lock(de
     assert read_manifest(out)["num_samples"] == 12
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs mount of a chosen size (as root only), resizable, unmounted at the end."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = []
+
+    def mount(size: int) -> Path:
+        options = f"remount,size={size}" if mounted else f"size={size}"
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(size)
+        return mount_point
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_resumes(demo_raw, tmp_path, small_disk, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for source in sorted(demo_raw.glob("*.jpeg"))[:6]:
+        shutil.copy(source, raw / source.name)
+    reference = tmp_path / "reference"
+    write_shards(raw, reference, shard_size=2, jobs=1, progress=False)
+    tars = {path.name: path.read_bytes() for path in reference.glob("*.tar")}
+    assert len(tars) == 3
+    first, second = len(tars["eyepacs-000000.tar"]), len(tars["eyepacs-000001.tar"])
+
+    out = small_disk(first + second // 2 + 64 * 1024) / "shards"
+    argv = ["shards", "--input", str(raw), "--out", str(out), "--shard-size", "2", "--jobs", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no space left on the device of {out}")
+    assert "re-run `ssit shards`" in err[0]
+    assert not (out / "manifest.json").exists()
+    assert not list(out.glob("*.tmp")) and not list((out / ".state").glob("*.tmp"))
+    finished = sorted(path.stem for path in (out / ".state").glob("eyepacs-*.json"))
+    assert finished == ["eyepacs-000000"]  # only what was written in full counts as finished
+    assert (out / "eyepacs-000000.tar").read_bytes() == tars["eyepacs-000000.tar"]
+
+    small_disk(64 * 1024 * 1024)
+    assert main(argv) == 0
+    assert {path.name: path.read_bytes() for path in out.glob("*.tar")} == tars
+    assert read_manifest(out)["num_samples"] == 6
+
+
 def test_the_lock_refuses_in_process_too(two_good, tmp_path):
     from ssit.prepare.output_lock import hold_output_folder
 
