@@ -11,6 +11,7 @@ cannot be known without decoding it.
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import warnings
@@ -88,10 +89,22 @@ def oversize_reason(path: str | Path, max_pixels: int, data: bytes | None = None
 
 def _opencv_reads(path: str | Path) -> bool:
     """Whether OpenCV recognises the file's signature (True when it cannot tell)."""
+    name = str(path)
     try:
-        return bool(cv2.haveImageReader(str(path)))
-    except Exception:  # a name OpenCV cannot take: assume it would decode the file
-        return True
+        if os.path.getsize(name) == 0:
+            return False
+        name.encode("utf-8")
+    except OSError:
+        return False  # the decoder says why the file cannot be read
+    except UnicodeEncodeError:  # OpenCV crashes on such names: ask about the open file instead
+        if not os.path.isdir("/proc/self/fd"):
+            return True
+        try:
+            with open(name, "rb") as handle:
+                return bool(cv2.haveImageReader(f"/proc/self/fd/{handle.fileno()}"))
+        except OSError:
+            return False
+    return bool(cv2.haveImageReader(name))
 
 
 def _text_header_size(head: bytes) -> tuple[int, int] | None:

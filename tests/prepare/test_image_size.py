@@ -102,3 +102,15 @@ def test_files_no_decoder_reads_are_left_to_the_decoder(tmp_path):
     assert oversize_reason(str(path), 1000) is None
     with pytest.raises(BadImageError, match="not a readable image file"):
         load_image(path, max_pixels=1000)
+
+
+def test_names_that_are_not_utf8_are_checked_without_crashing_opencv(tmp_path):
+    import os
+
+    path = hdr(tmp_path / os.fsdecode(b"radi\xffance.png"))
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\n#" + b" " * 70000 + b"\n", 1))
+    assert oversize_reason(str(path), DEFAULT_MAX_PIXELS).startswith(
+        "image format whose size cannot be read before decoding it")
+    empty = tmp_path / os.fsdecode(b"empty_\xff.png")
+    empty.write_bytes(b"")
+    assert oversize_reason(str(empty), DEFAULT_MAX_PIXELS) is None
