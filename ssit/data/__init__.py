@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         epoch_batches,
     )
     from ssit.data.shard_index import (
+        IndexMismatchError,
         MissingIndexError,
         MissingSaliencyError,
         NoShardsError,
@@ -48,6 +49,7 @@ _LAZY = {
     "PretrainPipeline": "ssit.data.pipeline",
     "SampleDecodeError": "ssit.data.pipeline",
     "epoch_batches": "ssit.data.pipeline",
+    "IndexMismatchError": "ssit.data.shard_index",
     "MissingIndexError": "ssit.data.shard_index",
     "MissingSaliencyError": "ssit.data.shard_index",
     "NoShardsError": "ssit.data.shard_index",
@@ -72,6 +74,7 @@ __all__ = [
     "VIEW1",
     "VIEW2",
     "AugmentationConfigError",
+    "IndexMismatchError",
     "MissingIndexError",
     "MissingSaliencyError",
     "NoShardsError",
