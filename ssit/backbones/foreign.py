@@ -40,10 +40,18 @@ def is_module_stand_in(value: Any) -> bool:
             and isinstance(value.state.get("_modules"), Mapping))
 
 
-def module_state_dict(module: ForeignObject, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The state dict of a pickled ``nn.Module`` read as stand-ins (non-persistent buffers out)."""
+def module_state_dict(module: ForeignObject, prefix: str = "",
+                      _ancestors: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+    """The state dict of a pickled ``nn.Module`` read as stand-ins (non-persistent buffers out).
+
+    Raises CheckpointError when a module contains itself (a cyclic module graph).
+    """
     if not is_module_stand_in(module):
         raise CheckpointError(f"{module!r} is not a pickled torch module")
+    if id(module) in _ancestors:
+        where = prefix.rstrip(".") or "the model"
+        raise CheckpointError(f"the pickled model's module graph is cyclic ({where} contains "
+                              "a module that contains it)")
     state = module.state
     tensors: dict[str, torch.Tensor] = {}
     for name, value in (state.get("_parameters") or {}).items():
@@ -55,7 +63,8 @@ def module_state_dict(module: ForeignObject, prefix: str = "") -> dict[str, torc
             tensors[prefix + name] = value
     for name, child in state["_modules"].items():
         if child is not None:
-            tensors.update(module_state_dict(child, f"{prefix}{name}."))
+            tensors.update(module_state_dict(child, f"{prefix}{name}.",
+                                             (*_ancestors, id(module))))
     return tensors
 
 

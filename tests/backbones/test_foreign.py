@@ -140,10 +140,9 @@ def test_restricted_load_runs_no_code_of_the_file(tmp_path: Path) -> None:
     Trap.marker = str(tmp_path / "marker")
     path = tmp_path / "trap.pt"
     torch.save({"model": {"w": torch.ones(2)}, "extra": Trap()}, path)
-    loaded = read_checkpoint(path)
+    with pytest.raises(CheckpointError, match=f"refused {path}: it refers to builtins.getattr"):
+        read_checkpoint(path)
     assert not (tmp_path / "marker").exists()
-    assert torch.equal(loaded["model"]["w"], torch.ones(2))
-    assert isinstance(loaded["extra"], ForeignObject)
 
 
 def mae_checkpoint(vit: torch.nn.Module) -> dict:
