@@ -156,7 +156,10 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     if nesting_depth_exceeds(loaded):
         raise CheckpointError(f"cannot read checkpoint {path}: its contents are nested more "
                               f"than {MAX_NESTING} levels deep")
-    loaded = normalise_foreign(loaded)
+    try:
+        loaded = normalise_foreign(loaded)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a mapping")
     return loaded

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from ssit.cli import main
-from tests.backbones.hostile import LAYOUTS, PAYLOAD_GLOBALS, hostile_file
+from tests.backbones.hostile import (
+    LAYOUTS,
+    PAYLOAD_GLOBALS,
+    hostile_file,
+    legacy_with_object_pickle,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 # every layout with os.system, and every payload where torch's legacy loader used to run it
@@ -94,3 +99,69 @@ def test_timm_pseudo_checkpoint_and_semisup_student_run_nothing(hostile) -> None
     with pytest.raises(TrainingError):
         create_student(SemisupConfig(student_arch="test_vit", student_weights=str(path)))
     assert not marker.exists()
+
+
+def cyclic_model(path: Path) -> Path:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.ReLU()))
+    model[1].add_module("back", model)
+    torch.save(model, path)
+    return path
+
+
+def deep_model(path: Path) -> Path:
+    import sys
+
+    import torch
+
+    model = inner = torch.nn.Sequential()
+    for _ in range(3000):
+        inner.add_module("0", torch.nn.Sequential())
+        inner = inner[0]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        torch.save(model, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    return path
+
+
+def deep_lists(path: Path) -> Path:
+    depth = 50_000
+    path.write_bytes(legacy_with_object_pickle(b"\x80\x02" + b"}" + b"U\x01k" + b"]" * depth
+                                               + b"a" * (depth - 1) + b"s."))
+    return path
+
+
+DEEP_FILES = {"cyclic-model": (cyclic_model, "cyclic"),
+              "deep-model": (deep_model, "nested more than"),
+              "deep-lists": (deep_lists, "nested more than")}
+
+
+@pytest.fixture(scope="module", params=list(DEEP_FILES))
+def tangled(request, tmp_path_factory) -> tuple[Path, str]:
+    """A checkpoint whose contents are cyclic or nested thousands deep, and the words that
+    refuse it."""
+    write, words = DEEP_FILES[request.param]
+    return write(tmp_path_factory.mktemp("tangled") / f"{request.param}.pt"), words
+
+
+def test_tangled_checkpoints_are_one_line_for_every_reader(tangled, demo_shards: Path,
+                                                          tmp_path: Path, capsys) -> None:
+    path, words = tangled
+    runs = {
+        "export": lambda: main(["export", str(path), "--out", str(tmp_path / "x.safetensors"),
+                                "--arch", "vit_tiny_patch16_224"]),
+        "attention": lambda: main(["attention", str(path), "--shards", str(demo_shards),
+                                   "--out", str(tmp_path / "a.png")]),
+        "grade": lambda: load_launcher().main([
+            "--checkpoint", str(path), "--dataset", "shards", "--data", str(demo_shards),
+            "--protocol", "knn", "--dry-run", "--config", "grade_tiny_cpu"]),
+    }
+    for name, run in runs.items():
+        assert run() == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, (name, err[-300:])
+        assert words in err and path.name in err, (name, err)
