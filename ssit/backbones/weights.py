@@ -80,6 +80,7 @@ def restricted_load(path: str | Path) -> Any:
 
 
 def _is_torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a zip archive holding TorchScript (its ``constants.pkl``)."""
     with open(path, "rb") as stream:
         if stream.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
             return False
@@ -120,8 +121,8 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
 
     Files are first read with ``weights_only=True``; files holding other Python objects are
     then read with :func:`restricted_load`, never with full unpickling. Contents nested deeper
-    than ``MAX_NESTING`` are refused. A whole pickled model
-    becomes ``{"model": <its state dict>}`` and other projects' layouts are brought to ours
+    than ``MAX_NESTING`` are refused. A whole pickled model becomes
+    ``{"model": <its state dict>}`` and other projects' layouts are brought to ours
     (:func:`ssit.backbones.foreign.normalise_foreign`).
     """
     from ssit.backbones.foreign import TIMM_PREFIX, normalise_foreign, timm_checkpoint
