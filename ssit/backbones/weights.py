@@ -7,24 +7,30 @@ RETFound's) or ``"state_dict"`` (the SSiT authors' checkpoints). Wrapper prefixe
 DistributedDataParallel (``module.``) and ``torch.compile`` (``_orig_mod.``) are removed.
 
 Files that hold more than tensors (RNG states, argparse namespaces, whole pickled models) are
-read with a restricted unpickler: only tensor and container types are rebuilt; every other
-class a file names becomes an inert :class:`ForeignObject` that records its constructor
-arguments and state. No code of the file's classes runs, and their modules need not exist.
+read with a restricted unpickler (:mod:`ssit.backbones.restricted_pickle`), in every format
+torch reads: only tensor and container types are rebuilt; globals that could run code are
+refused; every other class a file names becomes an inert :class:`ForeignObject` that records
+its constructor arguments and state. No code of the file runs, and its modules need not exist.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import logging
 import pickle
-import types
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
+from ssit.backbones.restricted_pickle import (
+    RESTRICTED_PICKLE,
+    ForbiddenGlobalError,
+    ForeignObject,
+    RestrictedUnpickler,
+)
 from ssit.error_text import first_line
 
 logger = logging.getLogger(__name__)
@@ -33,6 +39,21 @@ CheckpointSource = str | Path | Mapping[str, Any]
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _CONTAINER_KEYS = ("model", "state_dict")
+_ZIP_MAGIC = b"PK\x03\x04"
+# Deeper nesting than any checkpoint needs; deeper contents are refused before anything walks
+# them recursively.
+MAX_NESTING = 200
+
+__all__ = [
+    "RESTRICTED_PICKLE",
+    "CheckpointError",
+    "ForeignObject",
+    "RestrictedUnpickler",
+    "checkpoint_state_dict",
+    "load_into",
+    "read_checkpoint",
+    "restricted_load",
+]
 
 
 class CheckpointError(ValueError):
@@ -42,103 +63,66 @@ class CheckpointError(ValueError):
     """
 
 
-class ForeignObject:
-    """Stand-in for an instance of a class that a restricted load does not rebuild.
-
-    ``args`` are the arguments the pickle called the class with and ``state`` what it set on
-    the instance (for a pickled ``nn.Module``: its ``__dict__`` with ``_parameters``,
-    ``_buffers`` and ``_modules``). ``foreign_class`` is the ``module.name`` the file named.
-    """
-
-    foreign_class: ClassVar[str] = ""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> ForeignObject:
-        return super().__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-        self.state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ForeignObject:
-        """A call the pickle makes on a stand-in (e.g. a function it got by name) stays inert."""
-        return type(self)(*args)
-
-    def __repr__(self) -> str:
-        return f"<foreign {self.foreign_class}>"
-
-
-def _foreign_reconstructor(cls: Any, base: Any, state: Any) -> ForeignObject:
-    """What ``copyreg._reconstructor`` becomes: an inert object, never the base's constructor."""
-    if isinstance(cls, type) and issubclass(cls, ForeignObject):
-        return cls()
-    return ForeignObject()
-
-
-def _allowed_globals() -> dict[str, Any]:
-    """The globals torch's own weights-only loader rebuilds (tensors, dtypes, containers)."""
-    from torch._weights_only_unpickler import _get_allowed_globals
-
-    return dict(_get_allowed_globals())
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds only tensor and container types; other classes are stand-ins.
-
-    ``foreign_classes`` collects the ``module.name`` of every stand-in made while loading.
-    """
-
-    _stand_ins: ClassVar[dict[str, type[ForeignObject]]] = {}
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.allowed = _allowed_globals()
-        self.foreign_classes: set[str] = set()
-
-    def find_class(self, module: str, name: str) -> Any:
-        # protocol 2 files name Python 2 modules (``__builtin__.set``), as pickle's own does
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        qualified = f"{module}.{name}"
-        if qualified in self.allowed:
-            return self.allowed[qualified]
-        if (module, name) == ("copyreg", "_reconstructor"):
-            return _foreign_reconstructor
-        self.foreign_classes.add(qualified)
-        return self.stand_in(qualified)
-
-    @classmethod
-    def stand_in(cls, qualified: str) -> type[ForeignObject]:
-        """The (cached) ForeignObject subclass standing for the class ``qualified``."""
-        if qualified not in cls._stand_ins:
-            module, _, name = qualified.rpartition(".")
-            cls._stand_ins[qualified] = type(name, (ForeignObject,), {
-                "foreign_class": qualified, "__module__": f"foreign:{module}"})
-        return cls._stand_ins[qualified]
-
-
-RESTRICTED_PICKLE = types.SimpleNamespace(
-    __name__="restricted_pickle", Unpickler=RestrictedUnpickler, load=pickle.load,
-    loads=pickle.loads, dump=pickle.dump, dumps=pickle.dumps, Pickler=pickle.Pickler,
-    UnpicklingError=pickle.UnpicklingError, HIGHEST_PROTOCOL=pickle.HIGHEST_PROTOCOL,
-    DEFAULT_PROTOCOL=pickle.DEFAULT_PROTOCOL,
-)
-
-
 def restricted_load(path: str | Path) -> Any:
-    """``torch.load`` of ``path`` onto the CPU through :class:`RestrictedUnpickler`."""
-    return torch.load(path, map_location="cpu", weights_only=False,
-                      pickle_module=RESTRICTED_PICKLE)
+    """``torch.load`` of ``path`` onto the CPU through the restricted pickle module.
+
+    No code of the file runs, whatever its format: TorchScript archives (which ``torch.load``
+    would hand to ``torch.jit.load``) and globals that could run code are refused with a
+    one-line CheckpointError naming the file.
+    """
+    if _is_torchscript_archive(path):
+        raise CheckpointError(f"refused {path}: it is a TorchScript archive, not a weights file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False,
+                          pickle_module=RESTRICTED_PICKLE)
+    except ForbiddenGlobalError as error:
+        raise CheckpointError(f"refused {path}: it {error} (nothing of it was run)") from None
+
+
+def _is_torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a zip archive holding TorchScript (its ``constants.pkl``)."""
+    with open(path, "rb") as stream:
+        if stream.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(name.split("/", 1)[-1] == "constants.pkl" for name in names)
+
+
+def nesting_depth_exceeds(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether containers (and stand-ins' arguments and state) in ``value`` nest deeper than
+    ``limit``; walked without recursion, each object once (cycles end the walk)."""
+    seen: set[int] = set()
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, Mapping):
+            children: Any = [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = item
+        elif isinstance(item, ForeignObject):
+            children = [item.args, item.state]
+        else:
+            continue
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     """Load a checkpoint file (or a ``timm:<name>`` pseudo-checkpoint) onto the CPU.
 
     Files are first read with ``weights_only=True``; files holding other Python objects are
-    then read with :func:`restricted_load`, never with full unpickling. A whole pickled model
-    becomes ``{"model": <its state dict>}`` and other projects' layouts are brought to ours
+    then read with :func:`restricted_load`, never with full unpickling. Contents nested deeper
+    than ``MAX_NESTING`` are refused. A whole pickled model becomes
+    ``{"model": <its state dict>}`` and other projects' layouts are brought to ours
     (:func:`ssit.backbones.foreign.normalise_foreign`).
     """
     from ssit.backbones.foreign import TIMM_PREFIX, normalise_foreign, timm_checkpoint
@@ -148,6 +132,8 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if _is_torchscript_archive(path):
+        raise CheckpointError(f"refused {path}: it is a TorchScript archive, not a weights file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -161,12 +147,20 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
     except pickle.UnpicklingError:
         try:
             loaded = restricted_load(path)
+        except CheckpointError:
+            raise
         except Exception as error:  # a malformed pickle can raise nearly anything
             raise CheckpointError(f"cannot read checkpoint {path}: {first_line(error)}") from None
         logger.info("checkpoint %s holds Python objects; read without running their code", path)
     except Exception as error:  # torch raises many types (IndexError, EOFError...) for garbage
         raise CheckpointError(f"cannot read checkpoint {path}: {first_line(error)}") from None
-    loaded = normalise_foreign(loaded)
+    if nesting_depth_exceeds(loaded):
+        raise CheckpointError(f"cannot read checkpoint {path}: its contents are nested more "
+                              f"than {MAX_NESTING} levels deep")
+    try:
+        loaded = normalise_foreign(loaded)
+    except CheckpointError as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(loaded).__name__}, not a mapping")
     return loaded

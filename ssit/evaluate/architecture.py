@@ -36,7 +36,7 @@ from ssit.backbones import (
     timm_backbone_name,
 )
 from ssit.evaluate.config import AUTO_BACKBONE, RANDOM_ENCODER, EncoderConfig
-from ssit.train.checkpoint import ZIP_MAGIC, verify_checksum
+from ssit.train.checkpoint import ZIP_MAGIC, verify_or_warn
 
 # The first byte of a pickle stream of protocol 2 or later (torch's legacy format).
 PICKLE_PROTOCOL = b"\x80"
@@ -87,7 +87,7 @@ def load_encoder_source(checkpoint: str) -> EncoderSource | None:
         raise EncoderError(f"encoder checkpoint {path} does not exist")
     try:
         if path.suffix != ".safetensors":
-            _check_torch_file(path)
+            check_torch_file(path)
         contents = read_checkpoint(path)
         if path.suffix == ".safetensors":
             recorded = recorded_in_export(exported_metadata(path))
@@ -98,12 +98,13 @@ def load_encoder_source(checkpoint: str) -> EncoderSource | None:
     return EncoderSource(path, contents, recorded)
 
 
-def _check_torch_file(path: Path) -> None:
+def check_torch_file(path: Path) -> None:
     """Refuse, in words, a file that ``torch.save`` did not write, and a checkpoint whose
     SHA-256 trailer does not match (bit rot, truncation); raise CheckpointError.
 
-    Zip archives (torch's format since 1.6) go through the checksum check; files in torch's
-    older pickle format start with the pickle protocol opcode and are left to ``torch.load``.
+    Zip archives (torch's format since 1.6) go through the checksum check (a warning is logged
+    when they have no trailer); files in torch's older pickle format start with the pickle
+    protocol opcode and are left to the restricted reader.
     """
     try:
         with open(path, "rb") as stream:
@@ -111,10 +112,23 @@ def _check_torch_file(path: Path) -> None:
     except OSError as error:
         raise CheckpointError(f"cannot read {path.name}: {error.strerror or error}") from None
     if head == ZIP_MAGIC or not head:
-        verify_checksum(path)
+        verify_or_warn(path)
     elif not head.startswith(PICKLE_PROTOCOL):
         raise CheckpointError(f"{path.name} is not a checkpoint (not a file written by "
                               "torch.save)")
+
+
+def timm_model_kwargs(cfg: EncoderConfig | None, explicit: Collection[str] | None = None
+                      ) -> dict[str, Any]:
+    """The model_kwargs a ``timm:<name>`` encoder is built with: all of ``cfg``'s, or with
+    ``backbone: auto`` and ``explicit`` given (at submission) only those set explicitly, as the
+    config's are otherwise defaults for checkpoints without record."""
+    if cfg is None:
+        return {}
+    if explicit is None or cfg.backbone != AUTO_BACKBONE or "model_kwargs" in explicit:
+        return dict(cfg.model_kwargs)
+    return {key: value for key, value in cfg.model_kwargs.items()
+            if f"model_kwargs.{key}" in explicit}
 
 
 def backbone_name_of(arch: str) -> str:

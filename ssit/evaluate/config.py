@@ -43,6 +43,8 @@ class EncoderConfig:
     branch: Literal["query", "momentum"] = "query"
     img_size: int = 384
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm create_model kwargs
+    # timm:<name>=<file> weights that do not fill the model: load what fits, log what stays random
+    allow_partial_load: bool = False
 
     def __post_init__(self) -> None:
         if not self.checkpoint:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ssit.atomic_write import replacing
+from ssit.error_text import first_line
 
 LOGGER = logging.getLogger(__name__)
 EXPORT_HELP = "write the query (or momentum) backbone of a checkpoint as a timm .safetensors file"
@@ -43,6 +44,7 @@ def export_backbone(
     strictly into that backbone before writing, so a file that timm cannot load is never
     produced. A ViT exported at another ``img_size`` gets its position embeddings resampled.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from ssit.backbones import (
@@ -52,11 +54,16 @@ def export_backbone(
         read_checkpoint,
         saved_backbone_config,
     )
-    from ssit.evaluate.architecture import backbone_name_of
+    from ssit.backbones.foreign import TIMM_PREFIX
+    from ssit.evaluate.architecture import backbone_name_of, check_torch_file
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ExportError(f"--out must end in .safetensors, got {out.name}")
+    source = Path(checkpoint)
+    if (not str(checkpoint).startswith(TIMM_PREFIX) and source.suffix != ".safetensors"
+            and source.is_file()):
+        check_torch_file(source)
     loaded = read_checkpoint(checkpoint)
     saved = saved_backbone_config(loaded)
     if saved is None:
@@ -72,8 +79,12 @@ def export_backbone(
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     metadata = {"backbone": kind.name, **kind.export_metadata(cfg), "branch": branch,
                 "source": Path(checkpoint).name, "format": "timm"}
-    with replacing(out) as partial:
-        save_file(tensors, str(partial), metadata=metadata)
+    try:
+        with replacing(out) as partial:
+            save_file(tensors, str(partial), metadata=metadata)
+    except (OSError, SafetensorError) as error:
+        reason = getattr(error, "strerror", None) or first_line(error)
+        raise ExportError(f"cannot write {out}: {reason} (nothing was written)") from None
     LOGGER.info("wrote %s (%s %s branch, %d tensors)", out, cfg.arch, branch, len(tensors))
     return out
 

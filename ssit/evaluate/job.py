@@ -105,7 +105,7 @@ def validate_grading_config(cfg: GradeConfig, source: EncoderSource | None = Non
                           "or timm:<name>)")
     try:
         if source is None:
-            source = read_encoder_source(checkpoint)
+            source = read_encoder_source(checkpoint, cfg.encoder)
         check_encoder(cfg.encoder, source)
     except EncoderError as error:
         raise ConfigError(str(error)) from None
@@ -132,7 +132,7 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
         write_voets_split(cfg.data, out_dir)
         splits = load_grading_data(cfg.data, out_dir)
         test_sets = load_test_sets(cfg.data)
-        source = read_encoder_source(cfg.encoder.checkpoint)
+        source = read_encoder_source(cfg.encoder.checkpoint, cfg.encoder)
         cfg = dataclasses.replace(cfg, encoder=resolve_encoder(cfg.encoder, source))
         save_config(cfg, out_dir / "config.yaml")
         backbone = create_encoder(cfg.encoder, source).to(device)

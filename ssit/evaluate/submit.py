@@ -231,8 +231,9 @@ def _resolved_encoder(
         encoder = dataclasses.replace(encoder, checkpoint=checkpoint,
                                       arch=args.arch or encoder.arch,
                                       branch=args.branch or encoder.branch)
-        source = read_encoder_source(checkpoint)
-        return resolve_encoder(encoder, source, _explicit_encoder_keys(args)), source
+        explicit = _explicit_encoder_keys(args)
+        source = read_encoder_source(checkpoint, encoder, explicit)
+        return resolve_encoder(encoder, source, explicit), source
     except ValueError as error:  # EncoderError included
         raise ConfigError(str(error)) from None
 

@@ -7,12 +7,18 @@ its own split, is a test image (e.g. train on EyePACS, test on all of Messidor-2
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
-from ssit.backbones import CheckpointError, read_checkpoint, saved_backbone_config
-from ssit.backbones.foreign import TIMM_PREFIX
-from ssit.evaluate.architecture import EncoderError, EncoderSource, load_encoder_source
-from ssit.evaluate.config import DataConfig
+from ssit.backbones import CheckpointError, saved_backbone_config
+from ssit.backbones.foreign import TIMM_PREFIX, timm_checkpoint
+from ssit.evaluate.architecture import (
+    EncoderError,
+    EncoderSource,
+    load_encoder_source,
+    timm_model_kwargs,
+)
+from ssit.evaluate.config import DataConfig, EncoderConfig
 from ssit.evaluate.crops import default_cache_dir
 from ssit.evaluate.datasets import crop_items, log_class_counts
 from ssit.evaluate.layouts import LAYOUTS, DatasetError, GradedImage
@@ -23,12 +29,20 @@ def is_timm_source(checkpoint: str) -> bool:
     return checkpoint.startswith(TIMM_PREFIX)
 
 
-def read_encoder_source(checkpoint: str) -> EncoderSource | None:
-    """Like :func:`load_encoder_source`, also for ``timm:<name>[=<file>]``."""
+def read_encoder_source(checkpoint: str, encoder: EncoderConfig | None = None,
+                        explicit: Collection[str] | None = None) -> EncoderSource | None:
+    """Like :func:`load_encoder_source`, also for ``timm:<name>[=<file>]``.
+
+    A timm model is built with the model_kwargs of ``encoder`` (only those in ``explicit``
+    where given, see :func:`ssit.evaluate.architecture.timm_model_kwargs`) and honours its
+    ``allow_partial_load``.
+    """
     if not is_timm_source(checkpoint):
         return load_encoder_source(checkpoint)
     try:
-        contents = read_checkpoint(checkpoint)
+        contents = timm_checkpoint(
+            checkpoint, timm_model_kwargs(encoder, explicit),
+            allow_partial=encoder is not None and encoder.allow_partial_load)
         return EncoderSource(Path(checkpoint), contents, saved_backbone_config(contents))
     except (CheckpointError, ValueError) as error:
         raise EncoderError(str(error)) from None

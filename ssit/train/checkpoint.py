@@ -144,7 +144,7 @@ def recorded_world_size(directory: str | Path) -> int | None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read one checkpoint onto the CPU; raise CheckpointError if it is unreadable or incomplete."""
     path = Path(path)
-    verified = verify_checksum(path)
+    verify_or_warn(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -166,9 +166,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path.name} is not a pre-training checkpoint: it lacks "
                               f"{', '.join(missing)}")
-    if not verified:
-        log.warning("%s has no checksum (written by an earlier version); not verified", path.name)
     return state
+
+
+def verify_or_warn(path: str | Path) -> None:
+    """:func:`verify_checksum`, and a warning (logged) when the file has no checksum trailer."""
+    if not verify_checksum(path):
+        log.warning("%s has no checksum (no SHA-256 trailer: written by an earlier version or "
+                    "another program), so damage to it cannot be detected; its contents are not "
+                    "verified", Path(path).name)
 
 
 def verify_checksum(path: str | Path) -> bool:
@@ -384,4 +390,5 @@ __all__ = [
     "rotate_checkpoints",
     "save_checkpoint",
     "verify_checksum",
+    "verify_or_warn",
 ]

@@ -128,3 +128,37 @@ def test_export_subcommand_prints_the_timm_call(checkpoints, tmp_path, capsys):
     assert run_export(parser.parse_args([str(checkpoints["cnn"]), "--out", str(cnn_out)])) == 0
     assert "timm.create_model('resnet18', pretrained=True, num_classes=0, " \
            f"pretrained_cfg_overlay=dict(file={str(cnn_out)!r}))" in capsys.readouterr().out
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root; skipped elsewhere), unmounted afterwards."""
+    import subprocess
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_export_to_a_full_disk_is_one_line_and_leaves_no_file(checkpoints, tiny_disk, capsys):
+    from ssit.cli import main
+
+    out = tiny_disk / "vit.safetensors"
+    assert main(["export", str(checkpoints["vit"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out}: ") and err.count("\n") == 1
+    assert "No space left on device" in err
+    assert list(tiny_disk.iterdir()) == []
+
+
+def test_export_warns_when_the_checkpoint_has_no_checksum(checkpoints, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        export_backbone(checkpoints["vit"], tmp_path / "vit.safetensors")
+    assert f"{checkpoints['vit'].name} has no checksum (no SHA-256 trailer" in caplog.text
