@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ssit.backbones.checkpoint_error import CheckpointError
 from ssit.error_text import first_line
 
 logger = logging.getLogger(__name__)
@@ -33,13 +34,6 @@ CheckpointSource = str | Path | Mapping[str, Any]
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _CONTAINER_KEYS = ("model", "state_dict")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be written, read or used (e.g. does not fit the model or the run).
-
-    The message is one line.
-    """
 
 
 class ForeignObject:

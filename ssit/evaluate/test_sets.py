@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssit.backbones import CheckpointError, read_checkpoint, saved_backbone_config
-from ssit.backbones.foreign import TIMM_PREFIX
+from ssit.backbones.checkpoint_error import CheckpointError
+from ssit.backbones.names import TIMM_PREFIX
 from ssit.evaluate.architecture import EncoderError, EncoderSource, load_encoder_source
 from ssit.evaluate.config import DataConfig
 from ssit.evaluate.crops import default_cache_dir
@@ -27,6 +27,9 @@ def read_encoder_source(checkpoint: str) -> EncoderSource | None:
     """Like :func:`load_encoder_source`, also for ``timm:<name>[=<file>]``."""
     if not is_timm_source(checkpoint):
         return load_encoder_source(checkpoint)
+    from ssit.backbones.extract import saved_backbone_config
+    from ssit.backbones.weights import read_checkpoint
+
     try:
         contents = read_checkpoint(checkpoint)
         return EncoderSource(Path(checkpoint), contents, saved_backbone_config(contents))

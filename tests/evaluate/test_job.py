@@ -10,7 +10,8 @@ from PIL import Image
 
 from ssit.config import ConfigError, load_config
 from ssit.evaluate.config import GradeConfig
-from ssit.evaluate.job import run_grading, validate_grading_config
+from ssit.evaluate.job import run_grading
+from ssit.evaluate.validate import validate_grading_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["encoder.model_kwargs={depth: 2, embed_dim: 48, num_heads: 2}", "train.epochs=1"]

@@ -13,6 +13,7 @@ from ssit.methods import SSiTConfig
 from ssit.train.config import (
     REFERENCE_BATCH_SIZE,
     PretrainConfig,
+    check_method_builds,
     config_fields_differing,
     resolve_precision,
     resume_locked_fields,
@@ -146,22 +147,22 @@ def test_too_few_samples_counts_only_selected_shards(demo_shards, tmp_path):
     ("override", "expected"),
     [
         ("method.mask_ratio=1.0", "'method.mask_ratio' must be in [0, 1)"),
-        ("method.temperature=0", "'method.temperature' must be a finite number > 0"),
-        ("method.temperature=.nan", "'method.temperature' must be a finite number > 0"),
+        ("method.temperature=0", "'method.temperature' must be in [0.0001, 100], got 0"),
+        ("method.temperature=.nan", "'method.temperature' must be in [0.0001, 100], got nan"),
         ("method.saliency_threshold=1.5", "'method.saliency_threshold' must be in [0, 1]"),
         ("method.momentum=1.2", "'method.momentum' must be in [0, 1]"),
         ("optim.momentum=1.0", "'optim.momentum' must be in [0, 1)"),
         ("optim.epochs=0", "'optim.epochs' must be > 0"),
         ("optim.warmup_epochs=9", "'optim.warmup_epochs' must be in [0, optim.epochs]"),
-        ("optim.lr=-1", "'optim.lr' must be > 0"),
-        ("optim.weight_decay=-0.1", "'optim.weight_decay' must be >= 0"),
+        ("optim.lr=-1", "'optim.lr' must be in [1e-09, 10], got -1"),
+        ("optim.weight_decay=-0.1", "'optim.weight_decay' must be in [0, 10]"),
         ("optim.clip_grad=0", "'optim.clip_grad' must be > 0 or null"),
         ("checkpoint.keep=0", "'checkpoint.keep' must be >= 1"),
         ("checkpoint.every_minutes=-5", "'checkpoint.every_minutes' must be >= 0 or null"),
         ("log.every_steps=0", "'log.every_steps' must be >= 1"),
-        ("data.num_threads=0", "'data.num_threads' must be > 0"),
+        ("data.num_threads=0", "'data.num_threads' must be an integer in [1, 256]"),
         ("method.w_ss=-1", "'method.w_ss' must be a finite number >= 0"),
-        ("method.temperature=.inf", "'method.temperature' must be a finite number > 0, got inf"),
+        ("method.temperature=.inf", "'method.temperature' must be in [0.0001, 100], got inf"),
         ("seed=-1", "'seed' must be in [0, 2**63), got -1"),
         (f"seed={2**64}", f"'seed' must be in [0, 2**63), got {2**64}"),
         ("optim.lr=.nan", "'optim.lr' must be a finite number, got nan"),
@@ -185,14 +186,24 @@ def test_unknown_pool_mode_is_refused_by_the_method_section(demo_shards):
         _demo(demo_shards, "method.pool=bogus")
 
 
+def _refused_at_build(cfg: PretrainConfig) -> str:
+    validate_pretrain_config(cfg, 1)
+    with pytest.raises(ConfigError) as info:
+        check_method_builds(cfg)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
 def test_model_problems_are_refused(demo_shards):
-    assert "unknown timm model" in _refused(
-        _demo(demo_shards, "backbone.arch=vit_huge_imaginary"))
-    assert "resnet18 is not a timm VisionTransformer (for CNNs use backbone.name=cnn)" in _refused(
-        _demo(demo_shards, "backbone.arch=resnet18"))
-    assert "not divisible by the patch size 16" in _refused(
+    assert _refused(_demo(demo_shards, "backbone.arch=vit_huge_imaginary")) == (
+        "config key 'backbone.arch' must be a timm architecture name (see timm.list_models()), "
+        "got 'vit_huge_imaginary'")
+    assert _refused(_demo(demo_shards, "backbone.arch=resnet18")) == (
+        "config key 'backbone.arch' must be a timm VisionTransformer, got 'resnet18'")
+    assert "not divisible by the patch size 16" in _refused_at_build(
         _demo(demo_shards, "backbone.img_size=72"))
-    assert "depthh" in _refused(_demo(demo_shards, "backbone.kwargs={depthh: 2}"))
+    assert "depthh" in _refused_at_build(_demo(demo_shards, "backbone.kwargs={depthh: 2}"))
+    check_method_builds(_demo(demo_shards))
     message = _refused(_demo(demo_shards, "method.segmentation=false"))
     assert message.endswith("method.w_ss must be 0 when method.segmentation is false")
 
@@ -201,9 +212,9 @@ def test_method_and_backbone_pairs_that_cannot_work_are_refused(demo_shards):
     message = _refused(_demo(demo_shards, "backbone.name=cnn", "backbone.arch=resnet18"))
     assert message.startswith("method ssit on backbone cnn 'resnet18' (img_size 64) cannot be")
     assert "needs a token backbone" in message
-    assert "is a transformer, not a CNN" in _refused(load_config(
-        PretrainConfig, "simclr_demo_cpu",
-        [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
+    assert "must be a timm CNN (for VisionTransformers use backbone.name=vit)" in _refused(
+        load_config(PretrainConfig, "simclr_demo_cpu",
+                    [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
     with pytest.raises(ConfigError, match=r"'method.name' must be one of gravis, simclr, ssit"):
         _demo(demo_shards, "method.name=byol")
     with pytest.raises(ConfigError, match=r"'backbone.name' must be one of cnn, msssl_hybrid, vit"):
@@ -313,7 +324,8 @@ def test_saved_config_without_newer_keys_takes_their_defaults(demo_shards):
         ("method.view1_augmentation={zoom: 2}",
          "method.view1_augmentation: unknown augmentation option(s) zoom"),
         ("method.view2_augmentation={crop_scale: [0.9, 0.1]}",
-         "method.view2_augmentation: crop_scale must satisfy 0 < low <= high <= 1"),
+         "method.view2_augmentation: crop_scale must be [low, high] with low <= high, both "
+         "in (0, 1]"),
     ],
 )
 def test_ssit_view_overrides_are_checked_before_a_job(demo_shards, override, expected):
