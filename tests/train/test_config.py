@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -349,3 +350,92 @@ def test_method_augmentation_overrides_are_checked_before_a_job(demo_shards, nam
         config("method.augmentation={zoom: 2}"))
     assert "method.augmentation: hue must be in [0, 0.5]" in _refused(
         config("method.augmentation={hue: 0.9}"))
+
+
+def _load(config: str, shards: Path, overrides: str) -> PretrainConfig:
+    """``config`` with the space-separated ``key=value`` words of ``overrides``."""
+    words = re.split(r" (?=[a-z_.]+=)", overrides)
+    return load_config(PretrainConfig, config, [f"data.shards={shards}", *words])
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "expected"),
+    [
+        ("demo_tiny_cpu", "optim.optimizer=sgd optim.nesterov=true optim.momentum=0",
+         "optim.nesterov=true needs optim.momentum > 0 (got 0)"),
+        ("demo_tiny_cpu", "backbone.kwargs={depth: 2, in_chans: 1}",
+         "config key 'backbone.kwargs.in_chans' must be 3 (the images are RGB), got 1"),
+        ("demo_tiny_cpu", "backbone.kwargs={depth: 2, global_pool: ''}",
+         "config key 'backbone.kwargs.global_pool' must be a pooling name such as 'token', "
+         "'avg' or 'max', not empty, got ''"),
+        ("msssl_demo_cpu", "backbone.cnn_levels=[1,3,2]",
+         "config key 'backbone.cnn_levels' must be a non-empty, strictly increasing list of "
+         "integers >= 0, got [1, 3, 2]"),
+        ("msssl_demo_cpu", "backbone.cnn_levels=[1,2,2,4]", "'backbone.cnn_levels'"),
+        ("msssl_demo_cpu", "backbone.cnn_kwargs={in_chans: 4}",
+         "'backbone.cnn_kwargs.in_chans' must be 3"),
+        ("msssl_demo_cpu", "backbone.cnn_arch=resnet_imaginary", "'backbone.cnn_arch' must be a"),
+        ("demo_tiny_cpu", "data.num_threads=100000",
+         "config key 'data.num_threads' must be an integer in [1, 256] (DALI threads per rank"),
+        ("demo_tiny_cpu", "optim.lr=1e-300", "'optim.lr' must be in [1e-09, 10], got 1e-300"),
+        ("demo_tiny_cpu", "optim.lr=1e308", "'optim.lr' must be in [1e-09, 10], got 1e+308"),
+        ("demo_tiny_cpu", "optim.lr=0", "'optim.lr' must be in [1e-09, 10], got 0.0"),
+        ("demo_tiny_cpu", "method.temperature=1e-300",
+         "'method.temperature' must be in [0.0001, 100], got 1e-300"),
+        ("demo_tiny_cpu", "method.temperature=-0.2", "'method.temperature' must be in"),
+        ("gravis_demo_cpu", "method.hardness_temperature=1e-5",
+         "'method.hardness_temperature' must be in [0.0001, 100]"),
+        ("simclr_demo_cpu", "method.temperature=1e308", "'method.temperature' must be in"),
+        ("gravis_demo_cpu", "method.views_per_image=1000",
+         "config key 'method.views_per_image' must be an integer in [2, 64], got 1000"),
+        ("demo_tiny_cpu", "backbone.img_size=100000",
+         "config key 'backbone.img_size' must be an integer in [16, 4096], got 100000"),
+        ("gravis_demo_cpu", "backbone.img_size=4096 optim.batch_size=48 method.views_per_image=64",
+         "one step on a rank holds 48 images x 64 views x 3 x 4096 x 4096"),
+        ("demo_tiny_cpu", "method.view1_augmentation={rotation_degrees: abc}",
+         "method.view1_augmentation: rotation_degrees must be in [0, 180], got 'abc'"),
+        ("demo_tiny_cpu", "method.view2_augmentation={rotation_degrees: .nan}",
+         "'method.view2_augmentation.rotation_degrees' must be a finite number, got nan"),
+        ("simclr_demo_cpu", "method.augmentation={rotation_degrees: 720}",
+         "method.augmentation: rotation_degrees must be in [0, 180], got 720"),
+        ("gravis_demo_cpu", "method.augmentation={crop_ratio: [2, 1]}",
+         "method.augmentation: crop_ratio must be [low, high] with low <= high"),
+        ("simclr_demo_cpu", "method.augmentation={crop_scale: [0.2, .nan]}",
+         "'method.augmentation.crop_scale[1]' must be a finite number, got nan"),
+        ("simclr_demo_cpu", "method.augmentation={blur_sigma: [0, 2]}",
+         "method.augmentation: blur_sigma must be [low, high] with low <= high, both in (0, 50]"),
+        ("gravis_demo_cpu", "method.augmentation={jitter_p: 1.5}",
+         "method.augmentation: jitter_p must be in [0, 1], got 1.5"),
+        ("gravis_demo_cpu", "method.augmentation={hflip_p: yes}",
+         "method.augmentation: hflip_p must be in [0, 1], got True"),
+        ("demo_tiny_cpu", "method.view1_augmentation={brightness: -0.1}",
+         "method.view1_augmentation: brightness must be in [0, 1), got -0.1"),
+        ("demo_tiny_cpu", "method.view1_augmentation={hue: 0.6}",
+         "method.view1_augmentation: hue must be in [0, 0.5], got 0.6"),
+        ("demo_tiny_cpu", "method.view2_augmentation={solarize_threshold: 12.5}",
+         "method.view2_augmentation: solarize_threshold must be an integer in [0, 256], got 12.5"),
+        ("demo_tiny_cpu", "method.view2_augmentation={crop_scale: [0.5, 1, 1]}",
+         "method.view2_augmentation: crop_scale must be [low, high]"),
+    ],
+)
+def test_values_that_would_fail_in_the_job_are_refused(demo_shards, config, override, expected):
+    assert expected in _refused(_load(config, demo_shards, override))
+
+
+@pytest.mark.parametrize(
+    ("config", "override"),
+    [
+        ("demo_tiny_cpu", "optim.optimizer=sgd optim.nesterov=true optim.momentum=0.9"),
+        ("demo_tiny_cpu", "optim.optimizer=sgd optim.nesterov=false optim.momentum=0"),
+        ("demo_tiny_cpu", "backbone.kwargs={depth: 2, in_chans: 3, global_pool: token}"),
+        ("msssl_demo_cpu", "backbone.cnn_levels=[2,4]"),
+        ("demo_tiny_cpu", "data.num_threads=256 optim.lr=1e-9 method.temperature=1e-4"),
+        ("demo_tiny_cpu", "optim.lr=10 method.temperature=100"),
+        ("gravis_demo_cpu", "method.views_per_image=64 method.augmentation={rotation_degrees: 0}"),
+        ("demo_tiny_cpu", "method.view1_augmentation={rotation_degrees: 180, hue: 0.5, "
+                          "solarize_threshold: 256, crop_scale: [1, 1], blur_sigma: [0.5, 50]}"),
+        ("simclr_demo_cpu", "method.augmentation={jitter_p: 0, hflip_p: 1, crop_ratio: [1, 1]}"),
+    ],
+)
+def test_values_at_the_edge_of_their_range_are_accepted(demo_shards, config, override):
+    validate_pretrain_config(_load(config, demo_shards, override), 1)
