@@ -212,7 +212,7 @@ def _check_ranges(cfg: PretrainConfig) -> None:
         raise ConfigError(
             f"config key 'data.num_threads' must be an integer in [1, {MAX_NUM_THREADS}] (DALI "
             f"threads per rank; use about the CPU cores of one task, this machine has "
-            f"{len(os.sched_getaffinity(0))}), got {cfg.data.num_threads}"
+            f"{_usable_cores()}), got {cfg.data.num_threads}"
         )
     refuse_first_failure(checks)
     if cfg.optim.nesterov and cfg.optim.optimizer != "sgd":
@@ -220,6 +220,13 @@ def _check_ranges(cfg: PretrainConfig) -> None:
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0 (got 0); set a momentum "
                           "such as 0.9 or optim.nesterov=false")
+
+
+def _usable_cores() -> int:
+    """CPU cores this process may run on (all of the machine's where that is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _check_step_size(cfg: PretrainConfig, per_rank: int) -> None:
