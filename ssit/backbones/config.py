@@ -7,8 +7,16 @@ so launchers can load and check configurations quickly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from ssit.backbones.names import timm_architecture, timm_backbone_name
+from ssit.validators import RangeCheck, positive, strictly_increasing, whole_number
+
+# Largest input side accepted: a ViT-S/16 step at 4096 pixels already holds 65536 tokens per
+# image, past what attention fits in a GPU's memory for any useful batch.
+MAX_IMG_SIZE = 4096
 
 
 @dataclass
@@ -28,6 +36,36 @@ class BackboneConfig:
         """Whether the backbone gives ViT patch tokens (key selection, token heads)."""
         return False
 
+    def range_checks(self) -> list[RangeCheck]:
+        """``(key, value, ok, expected)`` for every option with a valid range."""
+        return [whole_number("backbone.img_size", self.img_size, 16, MAX_IMG_SIZE)]
+
+
+def timm_kwargs_checks(key: str, kwargs: Mapping[str, Any]) -> list[RangeCheck]:
+    """Checks of the timm ``create_model`` keyword arguments the pipeline cannot honour: the
+    shards hold RGB images (``in_chans`` 3) and the encoder must pool (``global_pool`` set)."""
+    checks: list[RangeCheck] = []
+    if "in_chans" in kwargs:
+        checks.append((f"{key}.in_chans", kwargs["in_chans"], kwargs["in_chans"] == 3
+                       and not isinstance(kwargs["in_chans"], bool), "3 (the images are RGB)"))
+    if "global_pool" in kwargs:
+        pool = kwargs["global_pool"]
+        checks.append((f"{key}.global_pool", pool, isinstance(pool, str) and pool != "",
+                       "a pooling name such as 'token', 'avg' or 'max', not empty"))
+    return checks
+
+
+def timm_kind(key: str, arch: str, kind: str) -> RangeCheck:
+    """A check that the timm architecture ``arch`` is of backbone ``kind`` (``vit``/``cnn``);
+    an unknown name passes here (:func:`timm_architecture` words that)."""
+    try:
+        ok = timm_backbone_name(arch) == kind
+    except (ValueError, AttributeError):
+        ok = True
+    words = ("a timm VisionTransformer" if kind == "vit"
+             else "a timm CNN (for VisionTransformers use backbone.name=vit)")
+    return (key, arch, ok, words)
+
 
 @dataclass
 class TimmBackboneConfig(BackboneConfig):
@@ -35,6 +73,10 @@ class TimmBackboneConfig(BackboneConfig):
 
     arch: str = "vit_small_patch16_224"
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def range_checks(self) -> list[RangeCheck]:
+        return [*super().range_checks(), timm_architecture("backbone.arch", self.arch),
+                *timm_kwargs_checks("backbone.kwargs", self.kwargs)]
 
 
 @dataclass
@@ -47,6 +89,9 @@ class ViTConfig(TimmBackboneConfig):
     def uses_tokens(self) -> bool:
         return True
 
+    def range_checks(self) -> list[RangeCheck]:
+        return [*super().range_checks(), timm_kind("backbone.arch", self.arch, "vit")]
+
 
 @dataclass
 class CNNConfig(TimmBackboneConfig):
@@ -54,6 +99,9 @@ class CNNConfig(TimmBackboneConfig):
 
     name: str = "cnn"
     arch: str = "resnet50"
+
+    def range_checks(self) -> list[RangeCheck]:
+        return [*super().range_checks(), timm_kind("backbone.arch", self.arch, "cnn")]
 
 
 @dataclass
@@ -79,6 +127,19 @@ class MsSSLConfig(TimmBackboneConfig):
     @property
     def uses_tokens(self) -> bool:
         return True
+
+    def range_checks(self) -> list[RangeCheck]:
+        return [
+            *super().range_checks(),
+            timm_kind("backbone.arch", self.arch, "vit"),
+            timm_architecture("backbone.cnn_arch", self.cnn_arch),
+            timm_kind("backbone.cnn_arch", self.cnn_arch, "cnn"),
+            *timm_kwargs_checks("backbone.cnn_kwargs", self.cnn_kwargs),
+            strictly_increasing("backbone.cnn_levels", self.cnn_levels),
+            positive("backbone.fpn_width", self.fpn_width),
+            whole_number("backbone.deep_learner_rounds", self.deep_learner_rounds, 0),
+            whole_number("backbone.cbam_reduction", self.cbam_reduction, 1),
+        ]
 
 
 BACKBONE_CONFIGS: dict[str, type[BackboneConfig]] = {

@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
+from ssit.backbones.names import TIMM_PREFIX
 from ssit.backbones.weights import CheckpointError, ForeignObject
 from ssit.error_text import first_line
 
 logger = logging.getLogger(__name__)
 
-TIMM_PREFIX = "timm:"
 MAE_EXTRAS = ("decoder_", "mask_token")
 _CONTAINER_KEYS = ("model", "state_dict")
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ssit.backbones.config import BackboneConfig
+from ssit.backbones.names import TIMM_VIT_MODULES, timm_backbone_name
 
 # name -> "module:attribute" of the kind object, imported on first use.
 BACKBONE_KINDS: dict[str, str] = {
@@ -74,15 +75,11 @@ def create_backbone(cfg: BackboneConfig, pretrained: bool = False) -> nn.Module:
     return backbone_kind(cfg.name).build(cfg, pretrained=pretrained)
 
 
-# timm modules whose models are class-token VisionTransformers (``backbone.name: vit``).
-TIMM_VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
-
-
-def timm_backbone_name(arch: str) -> str:
-    """The backbone kind of a timm architecture: ``vit`` for timm's ViT family, else ``cnn``."""
-    import timm
-
-    if not timm.is_model(arch):
-        raise ValueError(f"unknown timm model {arch!r}")
-    module = timm.models.model_entrypoint(arch).__module__
-    return "vit" if module in TIMM_VIT_MODULES else "cnn"
+__all__ = [
+    "BACKBONE_KINDS",
+    "TIMM_VIT_MODULES",
+    "BackboneKind",
+    "backbone_kind",
+    "create_backbone",
+    "timm_backbone_name",
+]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssit.backbones.checkpoint_error import CheckpointError
 from ssit.backbones.restricted_pickle import (
     RESTRICTED_PICKLE,
     ForbiddenGlobalError,
@@ -54,13 +55,6 @@ __all__ = [
     "read_checkpoint",
     "restricted_load",
 ]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be written, read or used (e.g. does not fit the model or the run).
-
-    The message is one line.
-    """
 
 
 def restricted_load(path: str | Path) -> Any:

@@ -30,18 +30,18 @@ from ssit.cluster.executor import (
     make_executor,
     sbatch_preview,
 )
-from ssit.cluster.job import PretrainJob
 from ssit.config import ConfigError, config_to_dict, load_config, read_yaml
 from ssit.error_text import failure_excerpt, last_line
 from ssit.train.checkpoint import list_checkpoints, recorded_world_size
 from ssit.train.config import (
     DEFAULT_CONFIG,
+    DEFAULT_TIMEOUT_S,
     PretrainConfig,
+    check_method_builds,
     config_fields_differing,
     resume_locked_fields,
     validate_pretrain_config,
 )
-from ssit.train.distributed import DEFAULT_TIMEOUT_S
 from ssit.train.run_folder import RestartRefusedError, check_run_folder
 
 DEFAULT_GPUS_PER_NODE = 8
@@ -176,6 +176,10 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO | None = None) -> int:
         out.write(sbatch_preview(args, plan.log_dir, plan.resources))
         return 0
 
+    # The job's code (torch, timm, DALI) loads only now that a job is submitted.
+    from ssit.cluster.job import PretrainJob
+
+    check_method_builds(plan.config)
     executor = make_executor(args, plan.log_dir, plan.resources)
     job_callable = PretrainJob(plan.config, plan.run_dir, timeout_s=args.dist_timeout,
                                restart=plan.restart)

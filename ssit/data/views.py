@@ -12,8 +12,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ssit.validators import (
+    RangeCheck,
+    first_failure,
+    number_pair,
+    probability,
+    whole_number,
+    within,
+)
+
 if TYPE_CHECKING:
     import torch
+
+# Widest aspect ratio of a random crop and largest blur sigma (pixels) a recipe may ask for.
+MAX_CROP_RATIO = 10.0
+MAX_BLUR_SIGMA = 50.0
 
 _PROBABILITIES = (
     "jitter_p",
@@ -56,30 +69,24 @@ class ViewAugmentation:
     vflip_p: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in _PROBABILITIES:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise AugmentationConfigError(f"{name} must be in [0, 1], got {value}")
-        lo, hi = self.crop_scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise AugmentationConfigError(
-                f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}"
-            )
-        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise AugmentationConfigError(f"crop_ratio must be increasing, got {self.crop_ratio}")
-        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise AugmentationConfigError(f"blur_sigma must be increasing, got {self.blur_sigma}")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise AugmentationConfigError(
-                    f"{name} must be in [0, 1), got {getattr(self, name)}"
-                )
-        if not 0.0 <= self.hue <= 0.5:
-            raise AugmentationConfigError(f"hue must be in [0, 0.5], got {self.hue}")
-        if not 0 <= self.solarize_threshold <= 256:
-            raise AugmentationConfigError(
-                f"solarize_threshold must be in [0, 256], got {self.solarize_threshold}"
-            )
+        failure = first_failure(augmentation_checks(self))
+        if failure is not None:
+            raise AugmentationConfigError(failure)
+
+
+def augmentation_checks(view: ViewAugmentation) -> list[RangeCheck]:
+    """The range check of every field of ``view`` (torchvision's ranges for the colour jitter)."""
+    return [
+        *(probability(name, getattr(view, name)) for name in _PROBABILITIES),
+        number_pair("crop_scale", view.crop_scale, 0, 1, open_low=True),
+        number_pair("crop_ratio", view.crop_ratio, 0, MAX_CROP_RATIO, open_low=True),
+        number_pair("blur_sigma", view.blur_sigma, 0, MAX_BLUR_SIGMA, open_low=True),
+        *(within(name, getattr(view, name), 0, 1, open_high=True)
+          for name in ("brightness", "contrast", "saturation")),
+        within("hue", view.hue, 0, 0.5),
+        whole_number("solarize_threshold", view.solarize_threshold, 0, 256),
+        within("rotation_degrees", view.rotation_degrees, 0, 180),
+    ]
 
 
 VIEW1 = ViewAugmentation(crop_scale=(0.08, 0.8), blur_p=1.0, solarize_p=0.0)
@@ -130,6 +137,7 @@ __all__ = [
     "ViewAugmentation",
     "ViewBatch",
     "ViewSpec",
+    "augmentation_checks",
     "views_fingerprint",
 ]
 

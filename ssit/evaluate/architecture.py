@@ -20,21 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ssit.backbones import (
-    BACKBONE_CONFIGS,
-    BACKBONE_KINDS,
-    BackboneConfig,
-    CheckpointError,
-    backbone_kind,
-    backbone_state_dict,
-    fit_backbone_state,
-    load_into,
-    read_checkpoint,
-    saved_backbone_config,
-    timm_backbone_name,
-)
+from ssit.backbones.checkpoint_error import CheckpointError
+from ssit.backbones.config import BACKBONE_CONFIGS, BackboneConfig
+from ssit.backbones.names import timm_backbone_name
 from ssit.evaluate.config import AUTO_BACKBONE, RANDOM_ENCODER, EncoderConfig
 from ssit.train.checkpoint import ZIP_MAGIC, verify_or_warn
 
@@ -70,6 +58,8 @@ def exported_metadata(path: str | Path) -> dict[str, str]:
 
 def recorded_in_export(metadata: Mapping[str, str]) -> BackboneConfig | None:
     """The backbone an exported file's metadata describes (files without ``backbone`` are ViTs)."""
+    from ssit.backbones.registry import BACKBONE_KINDS, backbone_kind
+
     if not metadata.get("arch"):
         return None
     name = metadata.get("backbone", "vit")
@@ -82,6 +72,9 @@ def load_encoder_source(checkpoint: str) -> EncoderSource | None:
     """Read ``checkpoint`` (None for ``random``); raise EncoderError when it cannot be read."""
     if checkpoint == RANDOM_ENCODER:
         return None
+    from ssit.backbones.extract import saved_backbone_config
+    from ssit.backbones.weights import read_checkpoint
+
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise EncoderError(f"encoder checkpoint {path} does not exist")
@@ -188,6 +181,12 @@ def check_encoder(cfg: EncoderConfig, source: EncoderSource | None) -> None:
 
     Raises EncoderError with one line naming what the checkpoint holds.
     """
+    import torch
+
+    from ssit.backbones.extract import backbone_state_dict, fit_backbone_state
+    from ssit.backbones.registry import backbone_kind
+    from ssit.backbones.weights import load_into
+
     resolved = resolve_encoder(cfg, source)
     backbone = backbone_config(resolved, source.recorded if source is not None else None)
     try:

@@ -14,6 +14,17 @@ from ssit.backbones.config import BACKBONE_CONFIGS
 from ssit.config import non_finite_values
 from ssit.evaluate.metrics import REGRESSION_THRESHOLDS
 from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
+from ssit.validators import (
+    RangeCheck,
+    first_failure,
+    learning_rate,
+    non_negative,
+    number_pair,
+    positive,
+    probability,
+    temperature,
+    within,
+)
 
 DATASETS = ("eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards")
 PROTOCOLS = ("finetune", "linear", "knn", "semisup")
@@ -22,6 +33,13 @@ SEED_LIMIT = 2**63
 
 Dataset = Literal["eyepacs", "aptos2019", "messidor2", "ddr", "folder", "shards"]
 Protocol = Literal["finetune", "linear", "knn", "semisup"]
+
+
+def refuse_failing(checks: list[RangeCheck]) -> None:
+    """Raise ValueError (one line) for the first failing check of a section."""
+    failure = first_failure(checks)
+    if failure is not None:
+        raise ValueError(failure)
 
 
 RANDOM_ENCODER = "random"
@@ -114,16 +132,19 @@ class AugmentConfig:
     translate: float = 0.05  # fraction of the image side
 
     def __post_init__(self) -> None:
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {[lo, hi]}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise ValueError(f"augment.crop_ratio must be increasing, got {self.crop_ratio}")
-        for name in ("hflip", "vflip"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"augment.{name} is a probability in [0, 1]")
-        if not 0 <= self.translate < 0.5:
-            raise ValueError("augment.translate must be in [0, 0.5)")
+        refuse_failing([
+            number_pair("augment.crop_scale", self.crop_scale, 0, 1, open_low=True),
+            number_pair("augment.crop_ratio", self.crop_ratio, 0, 10, open_low=True),
+            probability("augment.hflip", self.hflip),
+            probability("augment.vflip", self.vflip),
+            # torchvision's ColorJitter ranges: factors >= 0, hue a fraction of the circle
+            non_negative("augment.brightness", self.brightness),
+            non_negative("augment.contrast", self.contrast),
+            non_negative("augment.saturation", self.saturation),
+            within("augment.hue", self.hue, 0, 0.5),
+            within("augment.rotation", self.rotation, 0, 180),
+            within("augment.translate", self.translate, 0, 0.5, open_high=True),
+        ])
 
 
 @dataclass
@@ -149,12 +170,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("train.epochs, batch_size and eval_batch_size must be >= 1")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        refuse_failing([
+            *([learning_rate("train.lr", self.lr)] if self.lr is not None else []),
+            non_negative("train.head_init_std", self.head_init_std),
+            positive("train.head_lr_scale", self.head_lr_scale),
+        ])
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ValueError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.head_lr_scale <= 0:
-            raise ValueError(f"train.head_lr_scale must be positive, got {self.head_lr_scale}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError("train.warmup_epochs must be in [0, train.epochs)")
         steps = [b - a for a, b in zip(self.thresholds, self.thresholds[1:], strict=False)]
@@ -203,8 +225,7 @@ class KnnConfig:
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"knn.ks must be positive integers, got {self.ks}")
-        if self.temperature <= 0:
-            raise ValueError(f"knn.temperature must be positive, got {self.temperature}")
+        refuse_failing([temperature("knn.temperature", self.temperature)])
 
 
 @dataclass
@@ -221,6 +242,7 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("semisup stage epochs and batch_size must be >= 1")
+        refuse_failing([learning_rate("semisup stage lr", self.lr)])
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("semisup stage needs lr > 0, weight_decay >= 0, momentum in [0, 1)")
         if self.nesterov and self.momentum == 0:

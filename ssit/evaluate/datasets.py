@@ -14,9 +14,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ssit.atomic_write import replacing
 from ssit.evaluate.config import DataConfig
@@ -31,12 +31,16 @@ from ssit.evaluate.layouts import (
 )
 from ssit.evaluate.metrics import NUM_GRADES
 
+if TYPE_CHECKING:
+    import torch
+
 LOGGER = logging.getLogger(__name__)
 SPLIT_FILE = "split.csv"
 
 
-class GradingDataset(torch.utils.data.Dataset):
-    """(image tensor, grade) pairs of a list of graded images under a transform.
+class GradingDataset:
+    """(image tensor, grade) pairs of a list of graded images under a transform (a map-style
+    dataset for torch's DataLoader; it needs no torch itself, so splitting stays light).
 
     ``min_side`` lets JPEGs decode at a reduced scale when the model input is much smaller.
     """

@@ -24,15 +24,10 @@ import submitit
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssit.config import ConfigError, save_config
-from ssit.evaluate.architecture import (
-    EncoderError,
-    EncoderSource,
-    check_encoder,
-    resolve_encoder,
-)
+from ssit.config import save_config
+from ssit.evaluate.architecture import resolve_encoder
 from ssit.evaluate.config import GradeConfig
-from ssit.evaluate.datasets import GradingDataset, class_counts, load_grading_data, split_layout
+from ssit.evaluate.datasets import GradingDataset, class_counts, load_grading_data
 from ssit.evaluate.encoder import (
     Encoder,
     FeatureProbe,
@@ -43,16 +38,14 @@ from ssit.evaluate.encoder import (
 from ssit.evaluate.finetune import fit_regression, predict_scores, regression_metrics
 from ssit.evaluate.inference import collect_outputs
 from ssit.evaluate.knn import extract_pooled_features, knn_grade
-from ssit.evaluate.layouts import LAYOUTS, SPLITS, DatasetError, GradedImage
+from ssit.evaluate.layouts import SPLITS, GradedImage
 from ssit.evaluate.metrics import grades_from_scores
 from ssit.evaluate.precision import resolve_device
 from ssit.evaluate.report import draw_confusion_matrix, json_ready, result_table, write_json
 from ssit.evaluate.semisup import run_semisup
 from ssit.evaluate.subsets import write_voets_split
-from ssit.evaluate.summary import semisup_table
+from ssit.evaluate.summary import RESULTS_FILE, semisup_table
 from ssit.evaluate.test_sets import (
-    check_test_sets,
-    is_timm_source,
     load_test_sets,
     read_encoder_source,
 )
@@ -60,55 +53,6 @@ from ssit.evaluate.transforms import eval_transform, train_transform
 from ssit.train.config import resolve_precision
 
 LOGGER = logging.getLogger(__name__)
-RESULTS_FILE = "results.json"
-
-
-def validate_grading_config(cfg: GradeConfig, source: EncoderSource | None = None) -> None:
-    """Check all that can be checked before submission: the dataset's layout (labels and
-    images present), kNN's largest k against the training split, the checkpoint (read once, by
-    the same path as the job), and that the encoder can be built and its weights fit.
-
-    ``source`` is ``cfg.encoder.checkpoint`` already read (read here when not given).
-    Raises ConfigError with one line.
-    """
-    if not cfg.data.path:
-        raise ConfigError(f"data.path is empty: give the {cfg.data.dataset} folder")
-    if not Path(cfg.data.path).expanduser().exists():
-        raise ConfigError(f"data.path {cfg.data.path} does not exist")
-    if cfg.data.split_file and not Path(cfg.data.split_file).expanduser().is_file():
-        raise ConfigError(f"data.split_file {cfg.data.split_file} does not exist")
-    try:
-        layout = LAYOUTS[cfg.data.dataset](Path(cfg.data.path).expanduser())
-        if cfg.train.protocol == "knn":
-            split_file = Path(cfg.data.split_file).expanduser() if cfg.data.split_file else None
-            train_size = len(split_layout(layout, cfg.data, split_file)["train"])
-            if max(cfg.knn.ks) > train_size:
-                raise ConfigError(
-                    f"knn.ks {cfg.knn.ks}: k={max(cfg.knn.ks)} exceeds the {train_size} "
-                    f"training images of {cfg.data.dataset} {cfg.data.path}"
-                )
-    except DatasetError as error:
-        raise ConfigError(str(error)) from None
-    try:
-        check_test_sets(cfg.data)
-    except DatasetError as error:
-        raise ConfigError(str(error)) from None
-    semi = cfg.semisup
-    if (cfg.train.protocol == "semisup" and semi.student_weights not in ("imagenet", "random")
-            and not Path(semi.student_weights).expanduser().is_file()):
-        raise ConfigError(f"semisup.student_weights {semi.student_weights} does not exist "
-                          "(or use imagenet or random)")
-    checkpoint = cfg.encoder.checkpoint
-    if (checkpoint != "random" and not is_timm_source(checkpoint)
-            and not Path(checkpoint).expanduser().is_file()):
-        raise ConfigError(f"encoder.checkpoint {checkpoint} does not exist (or use 'random' "
-                          "or timm:<name>)")
-    try:
-        if source is None:
-            source = read_encoder_source(checkpoint, cfg.encoder)
-        check_encoder(cfg.encoder, source)
-    except EncoderError as error:
-        raise ConfigError(str(error)) from None
 
 
 def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:

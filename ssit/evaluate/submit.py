@@ -31,10 +31,10 @@ from ssit.config import ConfigError, load_config
 from ssit.error_text import failure_excerpt, last_line
 from ssit.evaluate.architecture import EncoderSource, resolve_encoder
 from ssit.evaluate.config import DATASETS, PROTOCOLS, RANDOM_ENCODER, EncoderConfig, GradeConfig
-from ssit.evaluate.job import RESULTS_FILE, GradingJob, validate_grading_config
 from ssit.evaluate.report import write_json
-from ssit.evaluate.summary import summary_table
+from ssit.evaluate.summary import RESULTS_FILE, summary_table
 from ssit.evaluate.test_sets import is_timm_source, read_encoder_source
+from ssit.evaluate.validate import check_encoder_builds, validate_grading_config
 
 DEFAULT_CONFIG = "grade_paper"
 JOB_NAME = "ssit-grade"
@@ -133,7 +133,7 @@ def plan_grading(args: argparse.Namespace) -> GradingPlan:
     for dataset, path in zip(args.dataset, args.data, strict=True):
         for protocol in args.protocol:
             config = _job_config(base, encoder, args, dataset, path, protocol)
-            validate_grading_config(config, source)
+            validate_grading_config(config, source, build=False)
             name = f"{dataset}-{protocol}"
             tasks.append(GradingTask(name, config, run_dir / name))
     cpus = args.cpus_per_task if args.cpus_per_task is not None else base.data.num_workers + 2
@@ -158,6 +158,8 @@ def launch_grading(args: argparse.Namespace, out: TextIO | None = None) -> int:
                       "this script:\n")
             out.write(sbatch_preview(args, plan.log_dir, plan.resources))
         return 0
+    for task in plan.tasks:
+        check_encoder_builds(task.config)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     executor = make_executor(args, plan.log_dir, plan.resources)
     out.write(f"output folder: {plan.run_dir}\n")
@@ -269,6 +271,9 @@ def _job_config(
 
 
 def _submit(executor: Any, tasks: Sequence[GradingTask]) -> list[Any]:
+    # The job's code (torch, timm) loads only now that jobs are submitted.
+    from ssit.evaluate.job import GradingJob
+
     try:
         with executor.batch():
             jobs = [executor.submit(GradingJob(task.config, task.out_dir)) for task in tasks]

@@ -12,6 +12,8 @@ from typing import Any
 
 from ssit.evaluate.report import markdown_table
 
+# The file a finished grading job leaves in its folder; the summaries read it.
+RESULTS_FILE = "results.json"
 SUMMARY_COLUMNS = ("dataset", "protocol", "encoder", "tested on", "model", "kappa", "accuracy",
                    "AUC (>=2)", "sens@0.5", "spec@0.5", "n test")
 SEMISUP_COLUMNS = ("role", "split", "AUC", "accuracy", "sens@0.5", "spec@0.5", "Youden thr",

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-from ssit.backbones import CheckpointError, saved_backbone_config
-from ssit.backbones.foreign import TIMM_PREFIX, timm_checkpoint
+from ssit.backbones.checkpoint_error import CheckpointError
+from ssit.backbones.names import TIMM_PREFIX
 from ssit.evaluate.architecture import (
     EncoderError,
     EncoderSource,
@@ -39,6 +39,9 @@ def read_encoder_source(checkpoint: str, encoder: EncoderConfig | None = None,
     """
     if not is_timm_source(checkpoint):
         return load_encoder_source(checkpoint)
+    from ssit.backbones.extract import saved_backbone_config
+    from ssit.backbones.foreign import timm_checkpoint
+
     try:
         contents = timm_checkpoint(
             checkpoint, timm_model_kwargs(encoder, explicit),

@@ -8,9 +8,9 @@ A method is a :class:`~ssit.methods.base.Method`. Adding one is a module with a 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from ssit.backbones.config import BackboneConfig
-from ssit.methods.base import Method
 from ssit.methods.config import (
     METHOD_CONFIGS,
     GraVISConfig,
@@ -25,6 +25,19 @@ METHODS: dict[str, str] = {
     "simclr": "ssit.methods.simclr:build_simclr",
     "gravis": "ssit.methods.gravis:build_gravis",
 }
+
+
+if TYPE_CHECKING:
+    from ssit.methods.base import Method
+
+
+def __getattr__(name: str) -> Any:
+    """``Method`` (it needs torch) is imported on first use, so configs stay light."""
+    if name == "Method":
+        from ssit.methods.base import Method
+
+        return Method
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_method(method: MethodConfig, backbone: BackboneConfig) -> Method:

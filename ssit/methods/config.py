@@ -6,12 +6,23 @@ torch nor DALI, so launchers can load and check configurations quickly.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssit.backbones.config import BackboneConfig, MsSSLConfig
 from ssit.data.views import VIEW1, augmentation_with_overrides
+from ssit.validators import (
+    RangeCheck,
+    non_negative,
+    positive,
+    temperature,
+    whole_number,
+    within,
+)
+
+# GraVIS's views of one image all go through the encoder in one step; beyond this many the
+# activations of even a small batch outgrow a GPU (the paper uses 20).
+MAX_VIEWS_PER_IMAGE = 64
 
 
 @dataclass
@@ -32,9 +43,15 @@ class MethodConfig:
         """``(key, value, ok, expected)`` for every option with a valid range."""
         return []
 
+    @property
+    def views_per_step(self) -> int:
+        """How many views of each image one step encodes."""
+        return 2
 
-# (dotted key, value, whether it is valid, the valid range in words)
-RangeCheck = tuple[str, Any, bool, str]
+    @property
+    def needs_saliency_maps(self) -> bool:
+        """Whether any view of the method comes with its saliency map (read from the shards)."""
+        return False
 
 
 def check_augmentation_overrides(key: str, overrides: Any) -> None:
@@ -46,24 +63,6 @@ def check_augmentation_overrides(key: str, overrides: Any) -> None:
         augmentation_with_overrides(VIEW1, overrides)
     except ValueError as error:
         raise ValueError(f"{key}: {error}") from None
-
-
-def positive(key: str, value: float) -> RangeCheck:
-    """A check that ``value`` is a finite number above 0."""
-    return (key, value, math.isfinite(value) and value > 0, "a finite number > 0")
-
-
-def non_negative(key: str, value: float) -> RangeCheck:
-    """A check that ``value`` is a finite number of at least 0."""
-    return (key, value, math.isfinite(value) and value >= 0, "a finite number >= 0")
-
-
-def within(
-    key: str, value: float, low: float, high: float, *, open_high: bool = False
-) -> RangeCheck:
-    """A check that ``low <= value <= high`` (``< high`` with ``open_high``)."""
-    ok = low <= value < high if open_high else low <= value <= high
-    return (key, value, ok, f"in [{low:g}, {high:g}{')' if open_high else ']'}")
 
 
 @dataclass
@@ -125,7 +124,7 @@ class SSiTConfig(MethodConfig):
     def range_checks(self) -> list[RangeCheck]:
         return [
             within("method.mask_ratio", self.mask_ratio, 0, 1, open_high=True),
-            positive("method.temperature", self.temperature),
+            temperature("method.temperature", self.temperature),
             within("method.saliency_threshold", self.saliency_threshold, 0, 1),
             positive("method.proj_dim", self.proj_dim),
             positive("method.mlp_dim", self.mlp_dim),
@@ -133,6 +132,10 @@ class SSiTConfig(MethodConfig):
             non_negative("method.w_cl", self.w_cl),
             non_negative("method.w_ss", self.w_ss),
         ]
+
+    @property
+    def needs_saliency_maps(self) -> bool:
+        return self.pool is not None or self.segmentation
 
 
 @dataclass
@@ -153,7 +156,7 @@ class SimCLRConfig(MethodConfig):
 
     def range_checks(self) -> list[RangeCheck]:
         return [
-            positive("method.temperature", self.temperature),
+            temperature("method.temperature", self.temperature),
             positive("method.proj_hidden", self.proj_hidden),
             positive("method.proj_dim", self.proj_dim),
         ]
@@ -187,17 +190,16 @@ class GraVISConfig(MethodConfig):
 
     def range_checks(self) -> list[RangeCheck]:
         return [
-            (
-                "method.views_per_image",
-                self.views_per_image,
-                self.views_per_image >= 2,
-                ">= 2",
-            ),
-            positive("method.temperature", self.temperature),
-            positive("method.hardness_temperature", self.hardness_temperature),
+            whole_number("method.views_per_image", self.views_per_image, 2, MAX_VIEWS_PER_IMAGE),
+            temperature("method.temperature", self.temperature),
+            temperature("method.hardness_temperature", self.hardness_temperature),
             positive("method.proj_hidden", self.proj_hidden),
             positive("method.proj_dim", self.proj_dim),
         ]
+
+    @property
+    def views_per_step(self) -> int:
+        return self.views_per_image
 
 
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {

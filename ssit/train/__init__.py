@@ -9,15 +9,9 @@ A launcher needs three calls::
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from ssit.train.checkpoint import (
-    CheckpointError,
-    list_checkpoints,
-    load_checkpoint,
-    load_latest_checkpoint,
-    save_checkpoint,
-)
 from ssit.train.config import (
     CheckpointConfig,
     DataConfig,
@@ -27,24 +21,24 @@ from ssit.train.config import (
     resolve_precision,
     validate_pretrain_config,
 )
-from ssit.train.distributed import (
-    DistributedContext,
-    DistributedSetupError,
-    destroy_distributed,
-    init_distributed,
-)
 
-# The loop pulls in the model (timm) and the data pipeline (DALI); it is imported on first use so
-# that configuration and checkpoint helpers stay light for launchers.
-_ENGINE_NAMES = frozenset({"PretrainOutcome", "build_model", "never", "pretrain", "pretrain_main"})
+# Checkpoints, the process group and the loop pull in torch, the model (timm) and the data
+# pipeline (DALI); they are imported on first use so that configuration checks stay light.
+_LAZY = {
+    **dict.fromkeys(("CheckpointError", "list_checkpoints", "load_checkpoint",
+                     "load_latest_checkpoint", "save_checkpoint"), "ssit.train.checkpoint"),
+    **dict.fromkeys(("DistributedContext", "DistributedSetupError", "destroy_distributed",
+                     "init_distributed"), "ssit.train.distributed"),
+    **dict.fromkeys(("PretrainOutcome", "build_model", "never", "pretrain", "pretrain_main"),
+                    "ssit.train.engine"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _ENGINE_NAMES:
-        from ssit.train import engine
-
-        return getattr(engine, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ssit.train' has no attribute '{name}'")
+
 
 __all__ = [
     "CheckpointConfig",

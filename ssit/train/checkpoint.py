@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ssit.atomic_write import replace_json
-from ssit.backbones.weights import CheckpointError
+from ssit.backbones.checkpoint_error import CheckpointError
 from ssit.error_text import first_line
 
 log = logging.getLogger(__name__)
@@ -83,6 +82,8 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
 
 def save_checkpoint(state: Mapping[str, Any], directory: str | Path, keep: int) -> Path:
     """Atomically write ``state`` (which holds ``step``) and keep only the newest ``keep`` files."""
+    import torch
+
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory = Path(directory)
@@ -143,6 +144,8 @@ def recorded_world_size(directory: str | Path) -> int | None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read one checkpoint onto the CPU; raise CheckpointError if it is unreadable or incomplete."""
+    import torch
+
     path = Path(path)
     verify_or_warn(path)
     try:
@@ -222,6 +225,8 @@ def verify_checksum(path: str | Path) -> bool:
 def estimated_checkpoint_bytes(state: Mapping[str, Any], existing: list[Path] = ()) -> int:
     """Bytes a checkpoint of ``state`` will take: its tensors' storages (counted once each),
     or the newest of the ``existing`` checkpoints if that is larger, plus a margin."""
+    import torch
+
     storages: dict[tuple[int, str], int] = {}
 
     def visit(value: Any) -> None:
@@ -321,6 +326,8 @@ def load_latest_checkpoint(
 
 def capture_rng_state() -> dict[str, Any]:
     """This process's random states (Python, NumPy, torch CPU and current GPU), loadable."""
+    import torch
+
     bit_generator, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -340,6 +347,8 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Put back random states captured by :func:`capture_rng_state`."""
+    import torch
+
     random.setstate(_as_tuple(state["python"]))
     saved = state["numpy"]
     np.random.set_state((

@@ -15,6 +15,7 @@ with it off, ``optim.lr`` is used as given whatever the batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,13 +23,26 @@ from typing import Any, Literal
 from ssit.backbones.config import BackboneConfig, ViTConfig
 from ssit.config import ConfigError, non_finite_values
 from ssit.error_text import first_line
-from ssit.methods.config import MethodConfig, RangeCheck, SSiTConfig
+from ssit.methods.config import MethodConfig, SSiTConfig
+from ssit.validators import (
+    learning_rate,
+    refuse_first_failure,
+    within,
+)
 
 REFERENCE_BATCH_SIZE = 512
 # Seeds are stored as signed 64-bit integers by the pipeline and torch.
 SEED_LIMIT = 2**63
 # The packaged configuration of the paper's run, used when a launcher is given none.
 DEFAULT_CONFIG = "ssit_vits16_eyepacs"
+# Seconds a rank waits for its peers before the job fails (see ssit.train.distributed).
+DEFAULT_TIMEOUT_S = 120.0
+# DALI threads per rank: far more than any node's cores only adds contention, and a typing slip
+# (e.g. 4000) would ask the cluster for that many cores per task.
+MAX_NUM_THREADS = 256
+# One step's input tensor on a rank (images x views x 3 x side x side values) must stay below
+# what a single tensor can index with 32-bit offsets, as many GPU kernels do.
+MAX_STEP_INPUT_VALUES = 2**31 - 1
 
 Device = Literal["auto", "cuda", "cpu"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -153,9 +167,10 @@ def resolve_precision(precision: str, device_type: str) -> str:
 def validate_pretrain_config(cfg: PretrainConfig, world_size: int) -> None:
     """Check everything that can be checked before a job starts; raise ConfigError (one line).
 
-    Covers value ranges, the batch split over ``world_size`` ranks, the method on its backbone
-    (built on the meta device: a timm architecture, options and a pairing that work) and the
-    shards (present on disk and enough samples for at least one step per rank).
+    Covers value ranges, the batch split over ``world_size`` ranks and the size of one step,
+    the method's options on its backbone (names and pairings, without building a network) and
+    the shards (present on disk and enough samples for at least one step per rank). Imports
+    neither torch nor timm: :func:`check_method_builds` builds the networks where a job runs.
     """
     if world_size < 1:
         raise ConfigError(f"world size must be at least 1, got {world_size}")
@@ -163,26 +178,29 @@ def validate_pretrain_config(cfg: PretrainConfig, world_size: int) -> None:
     if cfg.device == "cpu":
         resolve_precision(cfg.precision, "cpu")
     per_rank = cfg.batch_size_per_rank(world_size)
-    with_maps = _check_method(cfg)
-    _check_shards(cfg.data.shards, per_rank, world_size, with_maps)
+    _check_step_size(cfg, per_rank)
+    try:
+        cfg.method.check(cfg.backbone)
+    except ValueError as error:
+        raise _unusable_method(cfg, error) from None
+    _check_shards(cfg.data.shards, per_rank, world_size, cfg.method.needs_saliency_maps)
 
 
 def _check_ranges(cfg: PretrainConfig) -> None:
-    # The method's own checks word non-finite values themselves; then any NaN or infinity
+    # The sections' own checks word non-finite values themselves; then any NaN or infinity
     # elsewhere, before the range checks that a NaN would pass or fail with a vague message.
-    _refuse_first_failure(cfg.method.range_checks())
+    refuse_first_failure(cfg.method.range_checks())
+    refuse_first_failure(cfg.backbone.range_checks())
     for key, value in non_finite_values(cfg).items():
         raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     checks = [
         ("seed", cfg.seed, 0 <= cfg.seed < SEED_LIMIT, "in [0, 2**63)"),
-        ("backbone.img_size", cfg.backbone.img_size, cfg.backbone.img_size > 0, "> 0"),
-        ("data.num_threads", cfg.data.num_threads, cfg.data.num_threads > 0, "> 0"),
         ("optim.epochs", cfg.optim.epochs, cfg.optim.epochs > 0, "> 0"),
         ("optim.warmup_epochs", cfg.optim.warmup_epochs,
          0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs, "in [0, optim.epochs]"),
         ("optim.batch_size", cfg.optim.batch_size, cfg.optim.batch_size > 0, "> 0"),
-        ("optim.lr", cfg.optim.lr, cfg.optim.lr > 0, "> 0"),
-        ("optim.weight_decay", cfg.optim.weight_decay, cfg.optim.weight_decay >= 0, ">= 0"),
+        learning_rate("optim.lr", cfg.optim.lr),
+        within("optim.weight_decay", cfg.optim.weight_decay, 0, 10),
         ("optim.momentum", cfg.optim.momentum, 0 <= cfg.optim.momentum < 1, "in [0, 1)"),
         ("optim.clip_grad", cfg.optim.clip_grad,
          cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "> 0 or null"),
@@ -195,34 +213,62 @@ def _check_ranges(cfg: PretrainConfig) -> None:
         ("log.image_every_steps", cfg.log.image_every_steps,
          cfg.log.image_every_steps is None or cfg.log.image_every_steps >= 0, ">= 0 or null"),
     ]
-    _refuse_first_failure(checks)
+    if not 1 <= cfg.data.num_threads <= MAX_NUM_THREADS:
+        raise ConfigError(
+            f"config key 'data.num_threads' must be an integer in [1, {MAX_NUM_THREADS}] (DALI "
+            f"threads per rank; use about the CPU cores of one task, this machine has "
+            f"{_usable_cores()}), got {cfg.data.num_threads}"
+        )
+    refuse_first_failure(checks)
     if cfg.optim.nesterov and cfg.optim.optimizer != "sgd":
         raise ConfigError("optim.nesterov applies to optim.optimizer=sgd only")
+    if cfg.optim.nesterov and cfg.optim.momentum == 0:
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0 (got 0); set a momentum "
+                          "such as 0.9 or optim.nesterov=false")
 
 
-def _refuse_first_failure(checks: Sequence[RangeCheck]) -> None:
-    for key, value, ok, expected in checks:
-        if not ok:
-            raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+def _usable_cores() -> int:
+    """CPU cores this process may run on (all of the machine's where that is unknown)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
-def _check_method(cfg: PretrainConfig) -> bool:
-    """Build the method on the meta device; return whether any of its views needs a map."""
+def _check_step_size(cfg: PretrainConfig, per_rank: int) -> None:
+    """Refuse a step whose input tensor on one rank is too large to index (see the cap)."""
+    views, side = cfg.method.views_per_step, cfg.backbone.img_size
+    values = per_rank * views * 3 * side * side
+    if values > MAX_STEP_INPUT_VALUES:
+        raise ConfigError(
+            f"one step on a rank holds {per_rank} images x {views} views x 3 x {side} x {side} "
+            f"= {values} input values, over the {MAX_STEP_INPUT_VALUES} one tensor can index; "
+            "lower optim.batch_size (or use more ranks), the views per image or backbone.img_size"
+        )
+
+
+def check_method_builds(cfg: PretrainConfig) -> None:
+    """Build the method on its backbone on the meta device (no memory, no weights); raise
+    ConfigError (one line) when timm or the method refuses the architecture or its options.
+
+    Imports torch and timm: launchers call it just before submitting, not for a dry run.
+    """
     import torch
 
     from ssit.methods import create_method
 
     try:
         with torch.device("meta"):
-            method = create_method(cfg.method, cfg.backbone)
+            create_method(cfg.method, cfg.backbone)
     except (TypeError, ValueError, AssertionError, RuntimeError) as error:
-        text = first_line(error)
-        raise ConfigError(
-            f"method {cfg.method.name} on backbone {cfg.backbone.name} "
-            f"'{getattr(cfg.backbone, 'arch', '')}' (img_size {cfg.backbone.img_size}) "
-            f"cannot be used: {text}"
-        ) from None
-    return any(view.with_map for view in method.views)
+        raise _unusable_method(cfg, error) from None
+
+
+def _unusable_method(cfg: PretrainConfig, error: BaseException) -> ConfigError:
+    return ConfigError(
+        f"method {cfg.method.name} on backbone {cfg.backbone.name} "
+        f"'{getattr(cfg.backbone, 'arch', '')}' (img_size {cfg.backbone.img_size}) "
+        f"cannot be used: {first_line(error)}"
+    )
 
 
 def _check_shards(spec: str, per_rank: int, world_size: int, with_maps: bool) -> None:
@@ -278,6 +324,7 @@ __all__ = [
     "LogConfig",
     "OptimConfig",
     "PretrainConfig",
+    "check_method_builds",
     "config_fields_differing",
     "resolve_precision",
     "resume_locked_fields",

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ssit.train.config import DEFAULT_TIMEOUT_S
 from ssit.train.gpu_settings import enable_tf32
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 120.0
 # The group for the per-step flags: (the default group it was made for, the gloo group, or None
 # when the default group is gloo itself).
 _HOST_GROUP: tuple[Any, Any] | None = None

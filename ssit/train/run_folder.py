@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssit.backbones.weights import CheckpointError
+from ssit.backbones.checkpoint_error import CheckpointError
 from ssit.train.checkpoint import list_checkpoints
 
 # Files a run leaves in its folder once it has started training.

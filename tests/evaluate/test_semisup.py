@@ -8,9 +8,10 @@ import torch
 
 from ssit.config import ConfigError, load_config
 from ssit.evaluate.config import GradeConfig
-from ssit.evaluate.job import run_grading, validate_grading_config
+from ssit.evaluate.job import run_grading
 from ssit.evaluate.semisup import pseudo_labels, teacher_targets
 from ssit.evaluate.summary import summary_table
+from ssit.evaluate.validate import validate_grading_config
 
 TINY = ["encoder.model_kwargs={depth: 1, embed_dim: 48, num_heads: 2}", "encoder.img_size=32",
         "semisup.labelled_size=8", "semisup.student_arch=test_resnet",

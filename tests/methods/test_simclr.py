@@ -113,7 +113,8 @@ def test_augmentation_overrides() -> None:
         ({"colour": 1}, ValueError, "unknown augmentation option.*colour"),
         ({"crop_scale": [0.9, 0.1]}, AugmentationConfigError, "crop_scale"),
         ({"brightness": 1.5}, AugmentationConfigError, "brightness"),
-        ({"jitter_p": "often"}, ValueError, "bad augmentation option value"),
+        ({"jitter_p": "often"}, AugmentationConfigError,
+         r"jitter_p must be in \[0, 1\], got 'often'"),
     ],
 )
 def test_bad_augmentation_overrides_are_refused(overrides, error, message) -> None:

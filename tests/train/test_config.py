@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ssit.methods import SSiTConfig
 from ssit.train.config import (
     REFERENCE_BATCH_SIZE,
     PretrainConfig,
+    check_method_builds,
     config_fields_differing,
     resolve_precision,
     resume_locked_fields,
@@ -146,22 +148,22 @@ def test_too_few_samples_counts_only_selected_shards(demo_shards, tmp_path):
     ("override", "expected"),
     [
         ("method.mask_ratio=1.0", "'method.mask_ratio' must be in [0, 1)"),
-        ("method.temperature=0", "'method.temperature' must be a finite number > 0"),
-        ("method.temperature=.nan", "'method.temperature' must be a finite number > 0"),
+        ("method.temperature=0", "'method.temperature' must be in [0.0001, 100], got 0"),
+        ("method.temperature=.nan", "'method.temperature' must be in [0.0001, 100], got nan"),
         ("method.saliency_threshold=1.5", "'method.saliency_threshold' must be in [0, 1]"),
         ("method.momentum=1.2", "'method.momentum' must be in [0, 1]"),
         ("optim.momentum=1.0", "'optim.momentum' must be in [0, 1)"),
         ("optim.epochs=0", "'optim.epochs' must be > 0"),
         ("optim.warmup_epochs=9", "'optim.warmup_epochs' must be in [0, optim.epochs]"),
-        ("optim.lr=-1", "'optim.lr' must be > 0"),
-        ("optim.weight_decay=-0.1", "'optim.weight_decay' must be >= 0"),
+        ("optim.lr=-1", "'optim.lr' must be in [1e-09, 10], got -1"),
+        ("optim.weight_decay=-0.1", "'optim.weight_decay' must be in [0, 10]"),
         ("optim.clip_grad=0", "'optim.clip_grad' must be > 0 or null"),
         ("checkpoint.keep=0", "'checkpoint.keep' must be >= 1"),
         ("checkpoint.every_minutes=-5", "'checkpoint.every_minutes' must be >= 0 or null"),
         ("log.every_steps=0", "'log.every_steps' must be >= 1"),
-        ("data.num_threads=0", "'data.num_threads' must be > 0"),
+        ("data.num_threads=0", "'data.num_threads' must be an integer in [1, 256]"),
         ("method.w_ss=-1", "'method.w_ss' must be a finite number >= 0"),
-        ("method.temperature=.inf", "'method.temperature' must be a finite number > 0, got inf"),
+        ("method.temperature=.inf", "'method.temperature' must be in [0.0001, 100], got inf"),
         ("seed=-1", "'seed' must be in [0, 2**63), got -1"),
         (f"seed={2**64}", f"'seed' must be in [0, 2**63), got {2**64}"),
         ("optim.lr=.nan", "'optim.lr' must be a finite number, got nan"),
@@ -185,14 +187,24 @@ def test_unknown_pool_mode_is_refused_by_the_method_section(demo_shards):
         _demo(demo_shards, "method.pool=bogus")
 
 
+def _refused_at_build(cfg: PretrainConfig) -> str:
+    validate_pretrain_config(cfg, 1)
+    with pytest.raises(ConfigError) as info:
+        check_method_builds(cfg)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
 def test_model_problems_are_refused(demo_shards):
-    assert "unknown timm model" in _refused(
-        _demo(demo_shards, "backbone.arch=vit_huge_imaginary"))
-    assert "resnet18 is not a timm VisionTransformer (for CNNs use backbone.name=cnn)" in _refused(
-        _demo(demo_shards, "backbone.arch=resnet18"))
-    assert "not divisible by the patch size 16" in _refused(
+    assert _refused(_demo(demo_shards, "backbone.arch=vit_huge_imaginary")) == (
+        "config key 'backbone.arch' must be a timm architecture name (see timm.list_models()), "
+        "got 'vit_huge_imaginary'")
+    assert _refused(_demo(demo_shards, "backbone.arch=resnet18")) == (
+        "config key 'backbone.arch' must be a timm VisionTransformer, got 'resnet18'")
+    assert "not divisible by the patch size 16" in _refused_at_build(
         _demo(demo_shards, "backbone.img_size=72"))
-    assert "depthh" in _refused(_demo(demo_shards, "backbone.kwargs={depthh: 2}"))
+    assert "depthh" in _refused_at_build(_demo(demo_shards, "backbone.kwargs={depthh: 2}"))
+    check_method_builds(_demo(demo_shards))
     message = _refused(_demo(demo_shards, "method.segmentation=false"))
     assert message.endswith("method.w_ss must be 0 when method.segmentation is false")
 
@@ -201,9 +213,9 @@ def test_method_and_backbone_pairs_that_cannot_work_are_refused(demo_shards):
     message = _refused(_demo(demo_shards, "backbone.name=cnn", "backbone.arch=resnet18"))
     assert message.startswith("method ssit on backbone cnn 'resnet18' (img_size 64) cannot be")
     assert "needs a token backbone" in message
-    assert "is a transformer, not a CNN" in _refused(load_config(
-        PretrainConfig, "simclr_demo_cpu",
-        [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
+    assert "must be a timm CNN (for VisionTransformers use backbone.name=vit)" in _refused(
+        load_config(PretrainConfig, "simclr_demo_cpu",
+                    [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
     with pytest.raises(ConfigError, match=r"'method.name' must be one of gravis, simclr, ssit"):
         _demo(demo_shards, "method.name=byol")
     with pytest.raises(ConfigError, match=r"'backbone.name' must be one of cnn, msssl_hybrid, vit"):
@@ -313,7 +325,8 @@ def test_saved_config_without_newer_keys_takes_their_defaults(demo_shards):
         ("method.view1_augmentation={zoom: 2}",
          "method.view1_augmentation: unknown augmentation option(s) zoom"),
         ("method.view2_augmentation={crop_scale: [0.9, 0.1]}",
-         "method.view2_augmentation: crop_scale must satisfy 0 < low <= high <= 1"),
+         "method.view2_augmentation: crop_scale must be [low, high] with low <= high, both "
+         "in (0, 1]"),
     ],
 )
 def test_ssit_view_overrides_are_checked_before_a_job(demo_shards, override, expected):
@@ -337,3 +350,92 @@ def test_method_augmentation_overrides_are_checked_before_a_job(demo_shards, nam
         config("method.augmentation={zoom: 2}"))
     assert "method.augmentation: hue must be in [0, 0.5]" in _refused(
         config("method.augmentation={hue: 0.9}"))
+
+
+def _load(config: str, shards: Path, overrides: str) -> PretrainConfig:
+    """``config`` with the space-separated ``key=value`` words of ``overrides``."""
+    words = re.split(r" (?=[a-z_.]+=)", overrides)
+    return load_config(PretrainConfig, config, [f"data.shards={shards}", *words])
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "expected"),
+    [
+        ("demo_tiny_cpu", "optim.optimizer=sgd optim.nesterov=true optim.momentum=0",
+         "optim.nesterov=true needs optim.momentum > 0 (got 0)"),
+        ("demo_tiny_cpu", "backbone.kwargs={depth: 2, in_chans: 1}",
+         "config key 'backbone.kwargs.in_chans' must be 3 (the images are RGB), got 1"),
+        ("demo_tiny_cpu", "backbone.kwargs={depth: 2, global_pool: ''}",
+         "config key 'backbone.kwargs.global_pool' must be a pooling name such as 'token', "
+         "'avg' or 'max', not empty, got ''"),
+        ("msssl_demo_cpu", "backbone.cnn_levels=[1,3,2]",
+         "config key 'backbone.cnn_levels' must be a non-empty, strictly increasing list of "
+         "integers >= 0, got [1, 3, 2]"),
+        ("msssl_demo_cpu", "backbone.cnn_levels=[1,2,2,4]", "'backbone.cnn_levels'"),
+        ("msssl_demo_cpu", "backbone.cnn_kwargs={in_chans: 4}",
+         "'backbone.cnn_kwargs.in_chans' must be 3"),
+        ("msssl_demo_cpu", "backbone.cnn_arch=resnet_imaginary", "'backbone.cnn_arch' must be a"),
+        ("demo_tiny_cpu", "data.num_threads=100000",
+         "config key 'data.num_threads' must be an integer in [1, 256] (DALI threads per rank"),
+        ("demo_tiny_cpu", "optim.lr=1e-300", "'optim.lr' must be in [1e-09, 10], got 1e-300"),
+        ("demo_tiny_cpu", "optim.lr=1e308", "'optim.lr' must be in [1e-09, 10], got 1e+308"),
+        ("demo_tiny_cpu", "optim.lr=0", "'optim.lr' must be in [1e-09, 10], got 0.0"),
+        ("demo_tiny_cpu", "method.temperature=1e-300",
+         "'method.temperature' must be in [0.0001, 100], got 1e-300"),
+        ("demo_tiny_cpu", "method.temperature=-0.2", "'method.temperature' must be in"),
+        ("gravis_demo_cpu", "method.hardness_temperature=1e-5",
+         "'method.hardness_temperature' must be in [0.0001, 100]"),
+        ("simclr_demo_cpu", "method.temperature=1e308", "'method.temperature' must be in"),
+        ("gravis_demo_cpu", "method.views_per_image=1000",
+         "config key 'method.views_per_image' must be an integer in [2, 64], got 1000"),
+        ("demo_tiny_cpu", "backbone.img_size=100000",
+         "config key 'backbone.img_size' must be an integer in [16, 4096], got 100000"),
+        ("gravis_demo_cpu", "backbone.img_size=4096 optim.batch_size=48 method.views_per_image=64",
+         "one step on a rank holds 48 images x 64 views x 3 x 4096 x 4096"),
+        ("demo_tiny_cpu", "method.view1_augmentation={rotation_degrees: abc}",
+         "method.view1_augmentation: rotation_degrees must be in [0, 180], got 'abc'"),
+        ("demo_tiny_cpu", "method.view2_augmentation={rotation_degrees: .nan}",
+         "'method.view2_augmentation.rotation_degrees' must be a finite number, got nan"),
+        ("simclr_demo_cpu", "method.augmentation={rotation_degrees: 720}",
+         "method.augmentation: rotation_degrees must be in [0, 180], got 720"),
+        ("gravis_demo_cpu", "method.augmentation={crop_ratio: [2, 1]}",
+         "method.augmentation: crop_ratio must be [low, high] with low <= high"),
+        ("simclr_demo_cpu", "method.augmentation={crop_scale: [0.2, .nan]}",
+         "'method.augmentation.crop_scale[1]' must be a finite number, got nan"),
+        ("simclr_demo_cpu", "method.augmentation={blur_sigma: [0, 2]}",
+         "method.augmentation: blur_sigma must be [low, high] with low <= high, both in (0, 50]"),
+        ("gravis_demo_cpu", "method.augmentation={jitter_p: 1.5}",
+         "method.augmentation: jitter_p must be in [0, 1], got 1.5"),
+        ("gravis_demo_cpu", "method.augmentation={hflip_p: yes}",
+         "method.augmentation: hflip_p must be in [0, 1], got True"),
+        ("demo_tiny_cpu", "method.view1_augmentation={brightness: -0.1}",
+         "method.view1_augmentation: brightness must be in [0, 1), got -0.1"),
+        ("demo_tiny_cpu", "method.view1_augmentation={hue: 0.6}",
+         "method.view1_augmentation: hue must be in [0, 0.5], got 0.6"),
+        ("demo_tiny_cpu", "method.view2_augmentation={solarize_threshold: 12.5}",
+         "method.view2_augmentation: solarize_threshold must be an integer in [0, 256], got 12.5"),
+        ("demo_tiny_cpu", "method.view2_augmentation={crop_scale: [0.5, 1, 1]}",
+         "method.view2_augmentation: crop_scale must be [low, high]"),
+    ],
+)
+def test_values_that_would_fail_in_the_job_are_refused(demo_shards, config, override, expected):
+    assert expected in _refused(_load(config, demo_shards, override))
+
+
+@pytest.mark.parametrize(
+    ("config", "override"),
+    [
+        ("demo_tiny_cpu", "optim.optimizer=sgd optim.nesterov=true optim.momentum=0.9"),
+        ("demo_tiny_cpu", "optim.optimizer=sgd optim.nesterov=false optim.momentum=0"),
+        ("demo_tiny_cpu", "backbone.kwargs={depth: 2, in_chans: 3, global_pool: token}"),
+        ("msssl_demo_cpu", "backbone.cnn_levels=[2,4]"),
+        ("demo_tiny_cpu", "data.num_threads=256 optim.lr=1e-9 method.temperature=1e-4"),
+        ("demo_tiny_cpu", "optim.lr=10 method.temperature=100"),
+        ("gravis_demo_cpu", "method.views_per_image=64 method.augmentation={rotation_degrees: 0}"),
+        ("demo_tiny_cpu", "method.view1_augmentation={rotation_degrees: 180, hue: 0.5, "
+                          "solarize_threshold: 256, crop_scale: [1, 1], blur_sigma: [0.5, 50]}"),
+        ("simclr_demo_cpu", "method.augmentation={jitter_p: 0, hflip_p: 1, crop_ratio: [1, 1]}"),
+    ],
+)
+def test_values_at_the_edge_of_their_range_are_accepted(demo_shards, config, override):
+    validate_pretrain_config(_load(config, demo_shards, override), 1)
