@@ -39,7 +39,7 @@ from ssit.prepare.decode import BadImageError
 from ssit.prepare.image_size import DEFAULT_MAX_PIXELS, oversize_reason
 from ssit.prepare.output_lock import hold_output_folder
 from ssit.prepare.plan import IMAGE_SUFFIXES, Labels, Plan, PlannedImage, make_plan, read_labels
-from ssit.prepare.sample import encode_sample, preprocess_image
+from ssit.prepare.sample import encode_sample, preprocess_image, warm_up
 from ssit.prepare.shard_format import (
     MANIFEST_FORMAT,
     STATE_DIR,
@@ -372,7 +372,8 @@ def _run(
               disable=not progress) as bar:
         try:
             process = partial(_process, max_pixels=max_pixels)
-            for outcome in parallel_map(process, tasks, jobs, describe=_shown_path):
+            warm = partial(warm_up, tasks[0].fast) if tasks else None
+            for outcome in parallel_map(process, tasks, jobs, describe=_shown_path, warm_up=warm):
                 if writer is None:
                     index = next(queue)
                     writer = _ShardWriter(out_dir, plan.name(index), plan.fingerprints[index],
