@@ -30,7 +30,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 from tqdm import tqdm
 
 from ssit.atomic_write import replace_json
@@ -47,6 +46,7 @@ from ssit.prepare.shard_format import (
     recipe_name,
     write_dali_index,
 )
+from ssit.prepare.statistics import channel_moments
 from ssit.prepare.workers import available_cores, parallel_map
 
 __all__ = [
@@ -127,9 +127,7 @@ def _process(task: PlannedImage, max_pixels: int) -> _Outcome:
         return _skip(task, str(error))
     except Exception as error:  # one bad file must never stop the run
         return _skip(task, f"unexpected error: {type(error).__name__}: {error}")
-    pixels = item.crop.reshape(-1, 3).astype(np.int64)
-    pixel_sum = tuple(int(v) for v in pixels.sum(axis=0))
-    pixel_sumsq = tuple(int(v) for v in np.einsum("ij,ij->j", pixels, pixels))
+    pixel_sum, pixel_sumsq = channel_moments(item.crop)
     return _Outcome(task.source, task.key, task.grade, members, None, item.converted,
                     item.fallback, pixel_sum, pixel_sumsq)
 
