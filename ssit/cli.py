@@ -94,22 +94,35 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for images + labels.csv")
     parser.add_argument("--n", type=positive_int, default=300, help="number of images (300)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--height", type=positive_int, nargs=2, default=(600, 1200),
-                        metavar=("MIN", "MAX"), help="image height range in pixels (600 1200)")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--height", type=positive_int, nargs=2, default=(600, 1200),
+                       metavar=("MIN", "MAX"), help="image height range in pixels (600 1200)")
+    shape.add_argument("--sizes", default=None, metavar="WxH,...",
+                       help="fixed image sizes, in turn, e.g. 2592x1944,4928x3264 "
+                            "('eyepacs': the common EyePACS sizes, 5-16 MP)")
     parser.add_argument("--jobs", type=positive_int, default=None,
                         help="worker processes (default: all available cores)")
 
 
 def _synth_run(args: argparse.Namespace) -> int:
     from ssit.prepare.shard_format import PrepareError
-    from ssit.prepare.synth import synthesize
+    from ssit.prepare.synth import EYEPACS_SIZES, parse_sizes, synthesize
 
     low, high = args.height
     if not 128 <= low <= high:
         raise PrepareError(f"--height needs 128 <= MIN <= MAX, got {low} {high}")
+    sizes = None
+    if args.sizes == "eyepacs":
+        sizes = list(EYEPACS_SIZES)
+    elif args.sizes is not None:
+        try:
+            sizes = parse_sizes(args.sizes)
+        except ValueError as error:
+            raise PrepareError(f"--sizes: {error}") from None
     if args.out.exists() and not args.out.is_dir():
         raise PrepareError(f"--out exists and is not a folder: {args.out}")
-    labels = synthesize(args.out, args.n, args.seed, height_range=(low, high), jobs=args.jobs)
+    labels = synthesize(args.out, args.n, args.seed, height_range=(low, high), sizes=sizes,
+                        jobs=args.jobs)
     print(f"wrote {args.n} images and {labels}")
     return 0
 

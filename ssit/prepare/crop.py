@@ -53,9 +53,8 @@ def find_fundus_box(image: np.ndarray) -> tuple[Box, bool]:
     if width > _WIDE_RATIO * height:
         blurred = cv2.GaussianBlur(image, (5, 5), 0)
         strip = max(1, int(width * _BORDER_FRACTION))
-        background = np.maximum(
-            blurred[:, :strip].max(axis=(0, 1)), blurred[:, -strip:].max(axis=(0, 1))
-        )
+        background = np.maximum(_channel_max(blurred[:, :strip]),
+                                _channel_max(blurred[:, -strip:]))
         # Brightness above the background, saturated at 0; a pixel is foreground when some
         # channel exceeds the margin, so only per-row and per-column maxima are needed.
         excess = cv2.subtract(blurred, (*(float(v) for v in background), 0.0))
@@ -136,37 +135,58 @@ def _first_foreground_line(image: Image.Image, threshold: np.ndarray, axis: int,
     """First row (``axis=0``) or column (``axis=1``) from ``start`` towards ``stop`` (exclusive,
     either direction) whose blurred pixels within ``across`` exceed ``threshold`` somewhere.
 
-    Bands of growing width are blurred in turn, so only the lines examined are blurred.
+    Bands of growing width are read unblurred in turn; from the first line that could exceed
+    once blurred (:func:`_candidate_lines`), narrow bands are blurred until one has such a line.
+    Lines before a candidate cannot exceed, so only a few lines are ever blurred.
     """
     step = 1 if stop >= start else -1
     band = _FIRST_BAND
     position = start
     while position != stop:
         end = position + step * min(band, abs(stop - position))
-        low, high = (position, end) if step > 0 else (end + 1, position + 1)
+        candidates = _candidate_lines(image, threshold, axis, _sorted_range(position, end),
+                                      across)
+        if not candidates.size:
+            position = end
+            band = min(2 * band, _LARGEST_BAND)
+            continue
+        position = int(candidates[0] if step > 0 else candidates[-1])
+        end = position + step * min(_FIRST_BAND, abs(stop - position))
+        low, high = _sorted_range(position, end)
         box = (across[0], low, across[1], high) if axis == 0 else (low, across[0], high, across[1])
-        lines = np.zeros(0, np.int64)
-        if _raw_exceeds(image, box, threshold):
-            lines = np.flatnonzero(_exceeding_lines(_blurred(image, box), threshold, axis))
+        lines = np.flatnonzero(_exceeding_lines(_blurred(image, box), threshold, axis))
         if lines.size:
             return low + int(lines[0] if step > 0 else lines[-1])
         position = end
-        band = min(2 * band, _LARGEST_BAND)
+        band = _FIRST_BAND
     return None
 
 
-def _raw_exceeds(image: Image.Image, box: Box, threshold: np.ndarray) -> bool:
-    """Whether some unblurred pixel within 2 pixels of ``box`` exceeds ``threshold``.
+def _sorted_range(position: int, end: int) -> tuple[int, int]:
+    """The lines from ``position`` towards ``end`` (exclusive) as a ``(low, high)`` range."""
+    return (position, end) if end >= position else (end + 1, position + 1)
 
-    A blurred pixel is a rounded mean of pixels within 2 pixels of it (or a copy of itself at the
-    image edge), so it cannot exceed the threshold when none of those does: bands without such
-    a pixel need no blur.
+
+def _candidate_lines(image: Image.Image, threshold: np.ndarray, axis: int,
+                     lines: tuple[int, int], across: tuple[int, int]) -> np.ndarray:
+    """The rows (``axis=0``) or columns in ``lines`` whose blurred pixels within ``across`` can
+    exceed ``threshold``: those with an unblurred pixel above it within 2 lines (and 2 pixels
+    across).
+
+    A blurred pixel is a rounded mean of pixels within 2 pixels of it (or a copy of itself at
+    the image edge), so it cannot exceed the threshold when none of those does.
     """
     width, height = image.size
-    region = (max(0, box[0] - 2), max(0, box[1] - 2), min(width, box[2] + 2),
-              min(height, box[3] + 2))
-    pixels = np.asarray(image.crop(region))
-    return bool(_exceeding_lines(pixels, threshold, 0).any())
+    along = height if axis == 0 else width
+    side = width if axis == 0 else height
+    low, high = max(0, lines[0] - 2), min(along, lines[1] + 2)
+    first, last = max(0, across[0] - 2), min(side, across[1] + 2)
+    region = (first, low, last, high) if axis == 0 else (low, first, high, last)
+    raw = np.flatnonzero(_exceeding_lines(np.asarray(image.crop(region)), threshold, axis)) + low
+    if not raw.size:
+        return raw
+    near = (raw[:, None] + np.arange(-2, 3)).ravel()
+    return np.unique(near[(near >= lines[0]) & (near < lines[1])])
 
 
 def _exceeding_lines(pixels: np.ndarray, threshold: np.ndarray, axis: int) -> np.ndarray:
@@ -180,13 +200,21 @@ def _exceeding_lines(pixels: np.ndarray, threshold: np.ndarray, axis: int) -> np
     return flat.max(axis=0).reshape(width, 3).max(axis=1) > 0
 
 
+def _channel_max(pixels: np.ndarray) -> np.ndarray:
+    """Per-channel maximum of an (h, w, 3) image: ``pixels.max(axis=(0, 1))``, but reduced over
+    rows first (NumPy reduces a trailing axis of 3 many times slower)."""
+    height, width = pixels.shape[:2]
+    return np.ascontiguousarray(pixels).reshape(height, width * 3).max(axis=0).reshape(
+        width, 3).max(axis=0)
+
+
 def _foreground_box(image: Image.Image, left_strip: int, right_strip: int) -> Box | None:
     """Bounding box of the blurred pixels more than 10 above the border strips' maximum (some
     channel), if it is big enough; blurs the strips and the bands scanned inwards only."""
     width, height = image.size
     background = np.maximum(
-        _blurred(image, (0, 0, left_strip, height)).max(axis=(0, 1)),
-        _blurred(image, (width - right_strip, 0, width, height)).max(axis=(0, 1)),
+        _channel_max(_blurred(image, (0, 0, left_strip, height))),
+        _channel_max(_blurred(image, (width - right_strip, 0, width, height))),
     )
     threshold = background.astype(np.int32) + _FOREGROUND_MARGIN
     top = _first_foreground_line(image, threshold, 0, 0, height, (0, width))

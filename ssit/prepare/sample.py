@@ -33,6 +33,7 @@ __all__ = [
     "Preprocessed",
     "encode_sample",
     "preprocess_image",
+    "warm_up",
 ]
 
 JPEG_QUALITY = 95
@@ -89,6 +90,16 @@ def preprocess_image(path: str | Path, size: int = CROP_SIZE, *, fast: bool = Fa
         fallback=result.fallback,
         converted=decoded.converted,
     )
+
+
+def warm_up(fast: bool = False, size: int = CROP_SIZE) -> None:
+    """Load the recipe's compiled saliency kernels (numba's cache) into this process, by running
+    them on a blank crop, so that worker processes forked afterwards start with them."""
+    blank = np.zeros((size, size, 3), np.uint8)
+    if fast:
+        saliency_map(blank)
+    else:
+        saliency_map_paper(blank)
 
 
 def _preprocess_paper(path: str | Path, size: int) -> Preprocessed:

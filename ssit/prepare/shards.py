@@ -32,7 +32,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 from tqdm import tqdm
 
 from ssit.atomic_write import replace_json
@@ -41,7 +40,7 @@ from ssit.prepare.decode import BadImageError
 from ssit.prepare.image_size import DEFAULT_MAX_PIXELS, oversize_reason
 from ssit.prepare.output_lock import hold_output_folder
 from ssit.prepare.plan import IMAGE_SUFFIXES, Labels, Plan, PlannedImage, make_plan, read_labels
-from ssit.prepare.sample import encode_sample, preprocess_image
+from ssit.prepare.sample import encode_sample, preprocess_image, warm_up
 from ssit.prepare.shard_format import (
     MANIFEST_FORMAT,
     STATE_DIR,
@@ -49,6 +48,7 @@ from ssit.prepare.shard_format import (
     recipe_name,
     write_dali_index,
 )
+from ssit.prepare.statistics import channel_moments
 from ssit.prepare.workers import available_cores, parallel_map
 
 __all__ = [
@@ -129,9 +129,7 @@ def _process(task: PlannedImage, max_pixels: int) -> _Outcome:
         return _skip(task, str(error))
     except Exception as error:  # one bad file must never stop the run
         return _skip(task, f"unexpected error: {type(error).__name__}: {error}")
-    pixels = item.crop.reshape(-1, 3).astype(np.int64)
-    pixel_sum = tuple(int(v) for v in pixels.sum(axis=0))
-    pixel_sumsq = tuple(int(v) for v in np.einsum("ij,ij->j", pixels, pixels))
+    pixel_sum, pixel_sumsq = channel_moments(item.crop)
     return _Outcome(task.source, task.key, task.grade, members, None, item.converted,
                     item.fallback, pixel_sum, pixel_sumsq)
 
@@ -386,7 +384,8 @@ def _run(
               disable=not progress) as bar:
         try:
             process = partial(_process, max_pixels=max_pixels)
-            for outcome in parallel_map(process, tasks, jobs, describe=_shown_path):
+            warm = partial(warm_up, tasks[0].fast) if tasks else None
+            for outcome in parallel_map(process, tasks, jobs, describe=_shown_path, warm_up=warm):
                 if writer is None:
                     index = next(queue)
                     writer = _ShardWriter(out_dir, plan.name(index), plan.fingerprints[index],

@@ -29,13 +29,24 @@ from ssit.prepare.synth_lesions import RENDER_SIZE as _RENDER_SIZE
 from ssit.prepare.synth_lesions import paint_lesions, to_pixels
 from ssit.prepare.workers import available_cores, parallel_map
 
-__all__ = ["EYEPACS_GRADE_FREQUENCIES", "grade_counts", "synthesize"]
+__all__ = [
+    "EYEPACS_GRADE_FREQUENCIES",
+    "EYEPACS_SIZES",
+    "grade_counts",
+    "parse_sizes",
+    "synthesize",
+]
 
 logger = logging.getLogger(__name__)
 
 EYEPACS_GRADE_FREQUENCIES = (0.735, 0.07, 0.15, 0.025, 0.02)
 """Approximate share of grades 0-4 in the EyePACS training set."""
 
+EYEPACS_SIZES = ((2592, 1944), (2816, 1880), (3504, 2336), (3888, 2592), (4752, 3168),
+                 (4928, 3264))
+"""Common (width, height) of EyePACS photographs, 5 to 16 megapixels."""
+
+_MIN_SIDE = 128
 _RETINA_SHARE = 0.4  # fraction of images made from the scikit-image photograph
 _JPEG_QUALITY = 95
 
@@ -64,19 +75,24 @@ def synthesize(
     seed: int = 0,
     *,
     height_range: tuple[int, int] = (600, 1200),
+    sizes: Sequence[tuple[int, int]] | None = None,
     jobs: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Write ``n`` graded fundus JPEGs and an EyePACS-style ``labels.csv`` to ``out_dir``.
 
     Image heights are drawn from ``height_range`` (EyePACS photographs are about 1500-3500 px
-    high). Returns the path of ``labels.csv`` (header ``image,level``).
+    high) and widths are 1.3-1.5 times the height; ``sizes``, a list of (width, height), fixes
+    the sizes instead: image i gets ``sizes[i % len(sizes)]``, so each size appears about
+    equally often. Returns the path of ``labels.csv`` (header ``image,level``).
     """
     if n < 1:
         raise ValueError(f"number of images must be >= 1, got {n}")
     low, high = height_range
-    if not 128 <= low <= high:
+    if not _MIN_SIDE <= low <= high:
         raise ValueError(f"height range must satisfy 128 <= min <= max, got {low}..{high}")
+    if sizes is not None:
+        _check_sizes(sizes)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -84,7 +100,8 @@ def synthesize(
     rng.shuffle(grades)
     names = _eyepacs_names(n, rng, seed)
     tasks = [
-        (str(out / f"{name}.jpeg"), int(grade), seed, index, (low, high))
+        (str(out / f"{name}.jpeg"), int(grade), seed, index, (low, high),
+         None if sizes is None else tuple(sizes[index % len(sizes)]))
         for index, (name, grade) in enumerate(zip(names, grades, strict=True))
     ]
     jobs = min(jobs or available_cores(), n)
@@ -100,6 +117,30 @@ def synthesize(
     return labels
 
 
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"2592x1944,4928x3264"`` -> ``[(2592, 1944), (4928, 3264)]``, checked as
+    :func:`synthesize` needs them; raises ValueError with a one-line reason."""
+    sizes = []
+    for part in text.split(","):
+        width, sep, height = part.strip().lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit()):
+            raise ValueError(f"expected sizes like 2592x1944,4928x3264, got {part.strip()!r}")
+        sizes.append((int(width), int(height)))
+    _check_sizes(sizes)
+    return sizes
+
+
+def _check_sizes(sizes: Sequence[tuple[int, int]]) -> None:
+    if not sizes:
+        raise ValueError("sizes must name at least one WIDTHxHEIGHT")
+    for width, height in sizes:
+        if not _MIN_SIDE <= height <= width:
+            raise ValueError(
+                f"each size needs 128 <= height <= width (a landscape canvas), got "
+                f"{width}x{height}"
+            )
+
+
 def _eyepacs_names(n: int, rng: np.random.Generator, seed: int) -> list[str]:
     """Names like ``10_left``, ``10_right``, ``13_left``: patients with both eyes."""
     names = []
@@ -110,27 +151,35 @@ def _eyepacs_names(n: int, rng: np.random.Generator, seed: int) -> list[str]:
     return names[:n]
 
 
-def _write_one(task: tuple[str, int, int, int, tuple[int, int]]) -> None:
-    path, grade, seed, index, (low, high) = task
+def _write_one(
+    task: tuple[str, int, int, int, tuple[int, int], tuple[int, int] | None],
+) -> None:
+    path, grade, seed, index, (low, high), size = task
     rng = np.random.default_rng([seed, index])
-    image = synthesize_image(rng, grade, height=int(rng.integers(low, high + 1)),
-                             left_eye=path.endswith("_left.jpeg"))
+    left_eye = path.endswith("_left.jpeg")
+    if size is None:
+        image = synthesize_image(rng, grade, height=int(rng.integers(low, high + 1)),
+                                 left_eye=left_eye)
+    else:
+        image = synthesize_image(rng, grade, height=size[1], width=size[0], left_eye=left_eye)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "JPEG", quality=_JPEG_QUALITY)
     Path(path).write_bytes(buffer.getvalue())
 
 
 def synthesize_image(
-    rng: np.random.Generator, grade: int, *, height: int, left_eye: bool = True
+    rng: np.random.Generator, grade: int, *, height: int, width: int | None = None,
+    left_eye: bool = True
 ) -> np.ndarray:
-    """One EyePACS-like RGB uint8 photograph of the given grade on a wide black canvas."""
+    """One EyePACS-like RGB uint8 photograph of the given grade on a wide black canvas
+    (``width`` 1.3-1.5 times ``height`` unless given)."""
     if rng.random() < _RETINA_SHARE:
         fundus = _retina_fundus(rng, left_eye)
     else:
         fundus = _procedural_fundus(rng, left_eye)
     disc_centre = _disc_centre(left_eye)
     paint_lesions(fundus, rng, grade, disc_centre)
-    return _compose(fundus, rng, height)
+    return _compose(fundus, rng, height, width)
 
 
 # ---------------------------------------------------------------- fundus backgrounds
@@ -251,9 +300,11 @@ def _draw_branch(
 # ---------------------------------------------------------------- canvas
 
 
-def _compose(fundus: np.ndarray, rng: np.random.Generator, height: int) -> np.ndarray:
+def _compose(fundus: np.ndarray, rng: np.random.Generator, height: int,
+             width: int | None) -> np.ndarray:
     """Place the fundus on a black EyePACS-like canvas, with sensor noise and a dark border."""
-    width = round(height * rng.uniform(1.3, 1.5))
+    if width is None:
+        width = round(height * rng.uniform(1.3, 1.5))
     diameter = round(height * rng.uniform(0.92, 1.12))
     disc = cv2.resize(np.clip(fundus, 0, 255).astype(np.uint8), (diameter, diameter),
                       interpolation=cv2.INTER_AREA if diameter < _RENDER_SIZE else cv2.INTER_CUBIC)

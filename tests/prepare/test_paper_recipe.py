@@ -12,6 +12,7 @@ from PIL import Image, ImageFilter
 from skimage import data
 
 from ssit.prepare.sample import encode_sample, preprocess_image
+from ssit.prepare.synth import synthesize
 
 
 def authors_crop(source: Path, target: Path, size: int = 512) -> tuple[int, int, int, int]:
@@ -65,11 +66,12 @@ def fundus_photograph(path: Path, width: int, height: int, fill: float = 0.94,
     ("width", "height", "fill", "offset"),
     [
         (3888, 2592, 0.94, 0),  # the most common EyePACS size
+        (4928, 3264, 0.96, 35),  # the largest EyePACS size, 16 MP
         (3216, 2136, 0.97, -40),
         (2592, 1944, 0.9, 25),
         (1501, 1000, 0.5, 0),  # fundus too small: the authors' box of width h + 1
     ],
-    ids=["3888x2592", "3216x2136", "2592x1944", "fallback-1501x1000"],
+    ids=["3888x2592", "4928x3264", "3216x2136", "2592x1944", "fallback-1501x1000"],
 )
 def test_crop_box_image_and_map_equal_the_authors_scripts(tmp_path, width, height, fill, offset):
     photograph = fundus_photograph(tmp_path / "10_left.jpeg", width, height, fill, offset)
@@ -88,6 +90,21 @@ def test_crop_box_image_and_map_equal_the_authors_scripts(tmp_path, width, heigh
     assert their_map.max() > 0.9  # a real map, not an empty one
     members = encode_sample(ours, source="10_left.jpeg", grade=2, dataset="eyepacs")
     assert members["jpg"] == their_crop.read_bytes()
+
+
+def test_synthetic_eyepacs_photograph_at_16_mp_equals_the_authors_scripts(tmp_path):
+    """Sensor grain in the border, lesions, a fundus clipped at the top and bottom: the box,
+    the stored JPEG bytes and the map pixels are the authors' at the largest EyePACS size."""
+    raw = tmp_path / "raw"
+    synthesize(raw, 1, seed=5, sizes=[(4928, 3264)], jobs=1, progress=False)
+    photograph = next(raw.glob("*.jpeg"))
+    their_crop = tmp_path / "crop.jpeg"
+    their_box = authors_crop(photograph, their_crop)
+    ours = preprocess_image(photograph)
+    assert ours.box == their_box and not ours.fallback
+    assert ours.jpeg == their_crop.read_bytes()
+    their_map = authors_saliency(their_crop)
+    assert np.array_equal(ours.saliency, np.rint(their_map * 255).astype(np.uint8))
 
 
 def test_portrait_photographs_take_the_centred_square(tmp_path):
@@ -133,7 +150,7 @@ def test_banded_blur_finds_the_full_blur_box():
     from ssit.prepare.crop import _foreground_box
 
     rng = np.random.default_rng(7)
-    for trial in range(60):
+    for trial in range(120):
         height = int(rng.integers(64, 400))
         width = int(rng.integers(int(1.21 * height) + 1, 3 * height))
         image = noisy_canvas(rng, width, height)
@@ -144,6 +161,22 @@ def test_banded_blur_finds_the_full_blur_box():
             assert found == expected, trial
         else:
             assert found is None, trial
+
+
+@pytest.mark.parametrize("spot", [(12, 300), (3, 2), (3996, 150), (1700, 5), (1800, 1495)])
+def test_bright_pixels_that_the_blur_removes_do_not_move_the_box(spot):
+    """A lone pixel well above the threshold, outside the fundus, vanishes in the blur (its own
+    blurred value ignores it, its neighbours' take 1/16 of it): the box is the fundus's."""
+    from ssit.prepare.crop import find_fundus_box_paper
+
+    pixels = np.full((1500, 4000, 3), 5, np.uint8)
+    yy, xx = np.ogrid[:1500, :4000]
+    pixels[(yy - 750) ** 2 + (xx - 2000) ** 2 < 700**2] = (120, 60, 30)
+    pixels[spot[1], spot[0]] = (60, 20, 60)
+    image = Image.fromarray(pixels)
+    box, fallback = find_fundus_box_paper(image)
+    assert box == full_blur_box(image) and not fallback
+    assert np.abs(np.subtract(box, (1300, 50, 2700, 1450))).max() <= 2
 
 
 @pytest.mark.parametrize(("width", "height", "fill", "offset"),

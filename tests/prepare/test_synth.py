@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssit.prepare.synth import grade_counts, synthesize
+from ssit.cli import main
+from ssit.prepare.synth import EYEPACS_SIZES, grade_counts, parse_sizes, synthesize
 from ssit.prepare.synth_lesions import RENDER_SIZE, paint_lesions
 
 SMALL = (256, 320)
@@ -98,6 +99,64 @@ def test_rejects_bad_arguments(tmp_path, n, heights, message):
     with pytest.raises(ValueError, match=message):
         synthesize(tmp_path, n, height_range=heights, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_fixed_sizes_are_used_in_turn(tmp_path):
+    sizes = [(400, 300), (352, 320), (330, 330)]
+    synthesize(tmp_path, 4, seed=2, sizes=sizes, jobs=1, progress=False)
+    names = [row[0] for row in read_labels(tmp_path / "labels.csv")[1:]]
+    got = [Image.open(tmp_path / f"{name}.jpeg").size for name in names]
+    assert got == [(400, 300), (352, 320), (330, 330), (400, 300)]
+    image = np.asarray(Image.open(tmp_path / f"{names[0]}.jpeg"))
+    assert image[:, :10].max(axis=2).mean() < 12  # still a dark border around the fundus
+
+
+def test_eyepacs_sizes_include_the_largest_cameras():
+    assert (4928, 3264) in EYEPACS_SIZES and (2592, 1944) in EYEPACS_SIZES
+    assert all(5e6 <= w * h <= 16.1e6 for w, h in EYEPACS_SIZES)
+
+
+def test_parse_sizes():
+    assert parse_sizes("2592x1944, 4928X3264") == [(2592, 1944), (4928, 3264)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("2592", "like 2592x1944"), ("2592x", "like 2592x1944"), ("ax300", "like 2592x1944"),
+     ("400x-300", "like 2592x1944"), ("", "like 2592x1944"), ("300x400", "height <= width"),
+     ("200x100", "128 <= height"), ("400x300,,", "like 2592x1944")],
+)
+def test_parse_sizes_rejects_bad_text(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_sizes(text)
+
+
+def test_synthesize_rejects_bad_sizes(tmp_path):
+    with pytest.raises(ValueError, match="at least one"):
+        synthesize(tmp_path, 1, sizes=[], progress=False)
+    with pytest.raises(ValueError, match="height <= width"):
+        synthesize(tmp_path, 1, sizes=[(300, 400)], progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_sizes(tmp_path):
+    assert main(["synth", "--out", str(tmp_path), "--n", "1", "--sizes", "300x256",
+                 "--jobs", "1"]) == 0
+    assert Image.open(next(tmp_path.glob("*.jpeg"))).size == (300, 256)
+
+
+@pytest.mark.parametrize("sizes", ["300by256", "256x300", "100x100"])
+def test_cli_rejects_bad_sizes_in_one_line(tmp_path, capsys, sizes):
+    assert main(["synth", "--out", str(tmp_path / "raw"), "--n", "1", "--sizes", sizes]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --sizes") and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "raw").exists()
+
+
+def test_cli_sizes_and_height_exclude_each_other(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", "--out", str(tmp_path), "--sizes", "eyepacs", "--height", "300", "400"])
+    assert exit_info.value.code == 2
 
 
 DISC = (-0.42, -0.04)

@@ -1,4 +1,4 @@
-"""The worker pool of the offline stage, with real spawned processes."""
+"""The worker pool of the offline stage, with real worker processes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ssit.prepare.workers import WorkerDiedError, parallel_map
-from tests.prepare.worker_tasks import DIE_ON, dies_on_one_item
+from tests.prepare import worker_tasks
+from tests.prepare.worker_tasks import DIE_ON, dies_on_one_item, loaded_marker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,6 +22,23 @@ REPO = Path(__file__).resolve().parents[2]
 def test_results_come_in_input_order():
     names = [f"{i}.jpg" for i in range(7)]
     assert list(parallel_map(dies_on_one_item, names, 2, describe=str)) == names
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_workers_start_with_what_the_warm_up_loaded(jobs, monkeypatch):
+    """The warm-up runs once, in this process; forked workers inherit what it loaded."""
+    monkeypatch.setattr(worker_tasks, "LOADED", None)
+    calls = []
+
+    def warm_up() -> None:
+        calls.append(os.getpid())
+        worker_tasks.LOADED = "warm"
+
+    results = list(parallel_map(loaded_marker, range(4), jobs, warm_up=warm_up))
+    assert calls == [os.getpid()]
+    assert [marker for marker, _ in results] == ["warm"] * 4
+    workers = {pid for _, pid in results}
+    assert (workers == {os.getpid()}) if jobs == 1 else (os.getpid() not in workers)
 
 
 @pytest.mark.timeout(120)
@@ -63,9 +81,9 @@ def test_workers_exit_when_their_parent_is_killed():
             assert parent.poll() is None, "the parent ended early"
             assert time.monotonic() < deadline, "no workers started"
             time.sleep(0.1)
-            # The resource tracker is a child too; workers are the ones running the pool.
+            # A resource tracker may be a child too; workers are the ones running the pool.
             workers = {p for p in _children(parent.pid)
-                       if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()}
+                       if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()}
         time.sleep(1.0)  # let them settle into their minute-long tasks
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()

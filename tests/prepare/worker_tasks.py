@@ -1,4 +1,4 @@
-"""Functions run by real worker processes in the tests (importable by spawned workers)."""
+"""Functions run by real worker processes in the tests (importable by any worker)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 import time
 
 DIE_ON = "fatal.png"
+LOADED: str | None = None
+"""Set by a test's warm-up in the parent; forked workers see its value."""
 
 
 def dies_on_one_item(name: str) -> str:
@@ -16,6 +18,12 @@ def dies_on_one_item(name: str) -> str:
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.2)
     return name
+
+
+def loaded_marker(item: int) -> tuple[str | None, int]:
+    """What the warm-up left in :data:`LOADED`, and which process answered."""
+    time.sleep(0.05)
+    return LOADED, os.getpid()
 
 
 def sleeps(seconds: float) -> float:
