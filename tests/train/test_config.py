@@ -22,7 +22,8 @@ from ssit.train.schedules import scaled_learning_rate
 
 PACKAGED = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "demo_tiny_cpu", "demo_ssit_cpu",
             "simclr_resnet50_eyepacs", "gravis_resnet50_eyepacs", "simclr_demo_cpu",
-            "gravis_demo_cpu", "msssl_demo_cpu", "msssl_vits16_r50_eyepacs")
+            "gravis_demo_cpu", "msssl_demo_cpu", "msssl_vits16_r50_eyepacs",
+            "dino_vits16_eyepacs", "dino_demo_cpu")
 
 
 def _demo(shards: Path, *overrides: str) -> PretrainConfig:
