@@ -3,7 +3,9 @@
 Each step evaluates the schedules at the fractional epoch ``step / steps_per_epoch``, lets the
 method act before the step (e.g. its momentum encoder's EMA update), runs it under autocast on
 the views its recipe asked the pipeline for, sums its named losses with its weights,
-back-propagates, unscales, clips the gradient norm and steps the optimiser (AdamW or SGD).
+back-propagates, unscales, clips the gradients (global norm or each parameter's own), lets the
+method act just before the update, and steps the optimiser (AdamW or SGD) with the method's
+weight decay on the decayed group; the method may act again after the step (DINO's teacher).
 After the step all ranks agree, with one MAX all-reduce on the host (a gloo group, so the CPU
 never waits for the GPU), whether any of them was asked to stop or whether rank 0's checkpoint
 clock has run out; a
