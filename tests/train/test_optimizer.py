@@ -99,3 +99,21 @@ def test_betas_round_trip_as_a_tuple(tmp_path):
     assert load_config(PretrainConfig, str(path)).optim.betas == (0.9, 0.95)
     with pytest.raises(ConfigError, match=r"'optim\.betas' must be a list"):
         load_config(PretrainConfig, str(path), ["optim.betas=0.9"])
+
+
+def test_unknown_clip_mode_is_refused_in_one_line():
+    from ssit.config import load_config
+
+    with pytest.raises(ConfigError, match=r"'optim\.clip_mode' must be one of 'global', "
+                                          r"'per_parameter', got 'norm'"):
+        load_config(PretrainConfig, "demo_tiny_cpu", ["optim.clip_mode=norm"])
+
+
+def test_betas_apply_to_adamw_only(demo_shards):
+    from ssit.config import load_config
+    from ssit.train.config import validate_pretrain_config
+
+    cfg = load_config(PretrainConfig, "gravis_demo_cpu", [f"data.shards={demo_shards}",
+                                                          "optim.betas=[0.9, 0.95]"])
+    with pytest.raises(ConfigError, match=r"optim\.betas applies to optim\.optimizer=adamw only"):
+        validate_pretrain_config(cfg, 1)
