@@ -25,6 +25,7 @@ from ssit.config import ConfigError, non_finite_values
 from ssit.error_text import first_line
 from ssit.methods.config import MethodConfig, SSiTConfig
 from ssit.validators import (
+    is_number,
     learning_rate,
     refuse_first_failure,
     within,
@@ -65,7 +66,10 @@ class DataConfig:
 class OptimConfig:
     """AdamW (or SGD) with linear warm-up then half-cosine decay, evaluated every step.
 
-    ``momentum`` and ``nesterov`` apply to SGD only.
+    ``momentum`` and ``nesterov`` apply to SGD only, ``betas`` to AdamW only. The cosine ends at
+    ``min_lr``. ``no_decay_1d`` exempts biases and parameters of at most one dimension (norm
+    weights) from weight decay, as DINO and MAE do. ``clip_grad`` limits the global norm of
+    all gradients (``clip_mode: global``) or each parameter's own (``per_parameter``, DINO).
     """
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -78,6 +82,10 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     clip_grad: float | None = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    no_decay_1d: bool = False
+    min_lr: float = 0.0
+    clip_mode: Literal["global", "per_parameter"] = "global"
 
 
 @dataclass
@@ -220,6 +228,7 @@ def _check_ranges(cfg: PretrainConfig) -> None:
             f"{_usable_cores()}), got {cfg.data.num_threads}"
         )
     refuse_first_failure(checks)
+    _check_optim_additions(cfg.optim)
     if cfg.optim.nesterov and cfg.optim.optimizer != "sgd":
         raise ConfigError("optim.nesterov applies to optim.optimizer=sgd only")
     if cfg.optim.nesterov and cfg.optim.momentum == 0:
@@ -232,6 +241,20 @@ def _usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def _check_optim_additions(optim: OptimConfig) -> None:
+    """Refuse AdamW betas outside [0, 1) and a cosine end above the peak learning rate."""
+    betas = tuple(optim.betas) if isinstance(optim.betas, (list, tuple)) else (optim.betas,)
+    if len(betas) != 2 or not all(is_number(beta) and 0 <= beta < 1 for beta in betas):
+        raise ConfigError(f"config key 'optim.betas' must be two numbers in [0, 1), got "
+                          f"{list(betas)!r}")
+    if optim.optimizer != "adamw" and betas != OptimConfig.betas:
+        raise ConfigError("optim.betas applies to optim.optimizer=adamw only")
+    peak = (optim.lr * optim.batch_size / REFERENCE_BATCH_SIZE) if optim.scale_lr else optim.lr
+    if not (is_number(optim.min_lr) and 0 <= optim.min_lr <= peak):
+        raise ConfigError(f"config key 'optim.min_lr' must be in [0, peak lr {peak:.3g}], got "
+                          f"{optim.min_lr!r}")
 
 
 def _check_step_size(cfg: PretrainConfig, per_rank: int) -> None:
@@ -292,7 +315,8 @@ def _check_shards(spec: str, per_rank: int, world_size: int, with_maps: bool) ->
 
 # What a run's checkpoints hold depends on these settings, so a resumed run may not change them;
 # the loss weights are the exception.
-RESUME_LOCKED_KEYS = ("seed", "backbone.", "method.", "optim.batch_size", "optim.optimizer")
+RESUME_LOCKED_KEYS = ("seed", "backbone.", "method.", "optim.batch_size", "optim.optimizer",
+                      "optim.no_decay_1d")
 RESUME_FREE_KEYS = ("method.w_cl", "method.w_ss", "method.ss_decay")
 
 

@@ -24,7 +24,8 @@ from ssit.train.schedules import scaled_learning_rate
 
 PACKAGED = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "demo_tiny_cpu", "demo_ssit_cpu",
             "simclr_resnet50_eyepacs", "gravis_resnet50_eyepacs", "simclr_demo_cpu",
-            "gravis_demo_cpu", "msssl_demo_cpu", "msssl_vits16_r50_eyepacs")
+            "gravis_demo_cpu", "msssl_demo_cpu", "msssl_vits16_r50_eyepacs",
+            "dino_vits16_eyepacs", "dino_demo_cpu")
 
 
 def _demo(shards: Path, *overrides: str) -> PretrainConfig:
@@ -158,6 +159,12 @@ def test_too_few_samples_counts_only_selected_shards(demo_shards, tmp_path):
         ("optim.lr=-1", "'optim.lr' must be in [1e-09, 10], got -1"),
         ("optim.weight_decay=-0.1", "'optim.weight_decay' must be in [0, 10]"),
         ("optim.clip_grad=0", "'optim.clip_grad' must be > 0 or null"),
+        ("optim.betas=[0.9]", "'optim.betas' must be two numbers in [0, 1), got [0.9]"),
+        ("optim.betas=[0.9, 1.0]", "'optim.betas' must be two numbers in [0, 1)"),
+        ("optim.betas=[0.9, .nan]", "'optim.betas[1]' must be a finite number, got nan"),
+        ("optim.min_lr=-1e-6", "'optim.min_lr' must be in [0, peak lr"),
+        ("optim.min_lr=1.0", "'optim.min_lr' must be in [0, peak lr"),
+        ("optim.min_lr=.inf", "'optim.min_lr' must be a finite number, got inf"),
         ("checkpoint.keep=0", "'checkpoint.keep' must be >= 1"),
         ("checkpoint.every_minutes=-5", "'checkpoint.every_minutes' must be >= 0 or null"),
         ("log.every_steps=0", "'log.every_steps' must be >= 1"),
@@ -216,7 +223,7 @@ def test_method_and_backbone_pairs_that_cannot_work_are_refused(demo_shards):
     assert "must be a timm CNN (for VisionTransformers use backbone.name=vit)" in _refused(
         load_config(PretrainConfig, "simclr_demo_cpu",
                     [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
-    with pytest.raises(ConfigError, match=r"'method.name' must be one of gravis, simclr, ssit"):
+    with pytest.raises(ConfigError, match=r"'method.name' must be one of dino, gravis, .*ssit"):
         _demo(demo_shards, "method.name=byol")
     with pytest.raises(ConfigError, match=r"'backbone.name' must be one of cnn, msssl_hybrid, vit"):
         _demo(demo_shards, "backbone.name=mlp")
