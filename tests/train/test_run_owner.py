@@ -24,6 +24,7 @@ from ssit.train.run_owner import (
     live_owner,
     local_owner,
     read_owner,
+    slurm_job_state,
     submitting_into,
     write_owner,
 )
@@ -212,3 +213,9 @@ def test_unreadable_record_counts_as_none(tmp_path: Path) -> None:
         (run_dir / OWNER_DIR / "record.json").write_text(text)
         assert read_owner(run_dir) is None
         assert live_owner(run_dir) is None
+
+
+def test_unknown_slurm_job_is_finished_for_the_real_squeue() -> None:
+    """Whatever SLURM this machine has (none, unconfigured or a test cluster), a job id it never
+    issued is not alive."""
+    assert slurm_job_state("999999999") is None
