@@ -147,7 +147,11 @@ def live_owner(run_dir: str | Path, job_state: JobState = slurm_job_state) -> st
     run_dir = Path(run_dir)
     owner = read_owner(run_dir)
     if _lock_is_held(run_dir):
-        return owner.describe() if owner else "a process that left no owner record"
+        if owner is None:
+            return "a process that left no owner record"
+        states = [(job, job_state(job)) for job in owner.jobs[:1]]
+        return next((f"SLURM job {job} ({state})" for job, state in states if state),
+                    owner.describe())
     if owner is None:
         return None
     for job in owner.jobs:
