@@ -187,20 +187,21 @@ def submitting_into(run_dir: str | Path, option: str = "--output",
 
 @contextmanager
 def hold_run_folder(run_dir: str | Path, owner: RunOwner | None = None, *,
-                    wait_s: float = LOCK_WAIT_S,
+                    wait_s: float | None = None,
                     job_state: JobState = slurm_job_state) -> Iterator[RunOwner]:
     """Own ``run_dir`` for the life of the block: take its lock, refuse a live owner other than
     ``owner`` (default: this process, or its SLURM job), record ``owner``.
 
-    The lock is waited for up to ``wait_s`` seconds. A record naming ``owner``'s own SLURM job
-    is an earlier attempt of it (a requeue) and is taken over, as is any stale record. A local
-    process removes its record when the block ends; a SLURM job's record stays, so that the
-    job still owns the folder while it waits in the queue after a requeue.
+    The lock is waited for up to ``wait_s`` seconds (default :data:`LOCK_WAIT_S`). A record
+    naming ``owner``'s own SLURM job is an earlier attempt of it (a requeue) and is taken over,
+    as is any stale record. A local process removes its record when the block ends; a SLURM
+    job's record stays, so that the job still owns the folder while it waits in the queue after
+    a requeue.
     Raises :class:`RunFolderBusyError` with one line.
     """
     run_dir = Path(run_dir)
     owner = owner or current_owner()
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
     with _flocked(run_dir / OWNER_DIR / LOCK_NAME, until=deadline) as taken:
         recorded = read_owner(run_dir)
         if not taken:
