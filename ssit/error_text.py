@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,27 @@ def first_line(error: BaseException) -> str:
 def last_line(error: BaseException) -> str:
     """The last non-empty line of ``error``'s message (what a wrapped tool said last)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+# A progress bar's redraw (tqdm: "45%|####    | 9/20 [00:03<00:04, 2.5it/s]") or a rule.
+_PROGRESS = re.compile(r"\d+%\||\|\s*\d+/\d+\s*\[|\d\s*(it/s|s/it)\b|^[-=_]{4,}$")
+# Lines submitit puts around a job's error stream.
+_FRAMING = ("Error stream produced:",)
+_ERROR = re.compile(r"\w(Error|Exception|Interrupt)\b|\berror\b|\bkilled\b|\bsignal\b|"
+                    r"has not produced any output", re.IGNORECASE)
+
+
+def job_error_line(error: BaseException) -> str:
+    """The line of a failed job's error that says why: the last line that reads as an error,
+    skipping progress-bar redraws (lines end at carriage returns too); else the last other line.
+    """
+    lines = [line.strip() for line in str(error).splitlines()]
+    lines = [line for line in lines
+             if line and not _PROGRESS.search(line) and line not in _FRAMING]
+    errors = [line for line in lines if _ERROR.search(line)]
+    if errors:
+        return errors[-1]
     return lines[-1] if lines else type(error).__name__
 
 

@@ -9,9 +9,13 @@ sbatch script such an executor would submit, for ``--dry-run``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shlex
 import shutil
+import signal
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -172,6 +176,40 @@ def sbatch_preview(args: argparse.Namespace, folder: str | Path, resources: JobR
         [shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
     )
     return _make_sbatch_string(command=command, folder=folder, **parameters)
+
+
+def kill_local_job(job: Any, timeout_s: float = 30.0) -> None:
+    """End a job of submitit's local executor now: its tasks and their children, then its
+    controller (SIGKILL, so none of them keeps running); wait until the controller is gone."""
+    if job.done():  # the controller is reaped only here, so its pid was not reused before
+        return
+    controller = int(job.job_id)
+    for pid in [*descendants(controller), controller]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[int]:
+    """The children of process ``pid``, their children and so on (read from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+            parent = int(text[text.rindex(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        children = parents.get(pending.pop(), [])
+        found += children
+        pending += children
+    return found
 
 
 def default_run_dir(kind: str) -> Path:

@@ -29,6 +29,7 @@ import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -43,6 +44,7 @@ from ssit.error_text import first_line
 from ssit.train.config import DEFAULT_CONFIG, PretrainConfig
 from ssit.train.distributed import DEFAULT_TIMEOUT_S
 from ssit.train.engine import PretrainOutcome, pretrain_main
+from ssit.train.run_owner import RunFolderBusyError, hold_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +149,10 @@ class PretrainJob:
     a requeued or resubmitted job resumes from the newest readable checkpoint there.
     ``max_requeues`` bounds requeues only when no submitit handler does (plain sbatch).
     ``restart`` lets the job train from step 0 in a folder that trained before; a requeued
-    attempt may always do so, since its first attempt started in that folder. A rank that fails
-    writes the reason into the run's ``log.txt``, with where its traceback is.
+    attempt may always do so, since its first attempt started in that folder. Rank 0 holds the
+    folder (:func:`~ssit.train.run_owner.hold_run_folder`) while it trains, so a second job
+    into the same folder is refused. A rank that fails writes the reason into the run's
+    ``log.txt``, with where its traceback is (not when the folder belongs to another job).
     """
 
     config: PretrainConfig
@@ -177,9 +181,16 @@ class PretrainJob:
         )
         stop = StopRequest().install()
         requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        # Rank 0 owns the run folder for the job's life: no other job may write it meanwhile.
+        owning = hold_run_folder(self.run_dir) if rank == 0 else nullcontext()
         try:
-            outcome = pretrain_main(self.config, self.run_dir, should_stop=stop,
-                                    timeout_s=self.timeout_s, restart=self.restart or requeued)
+            with owning:
+                outcome = pretrain_main(self.config, self.run_dir, should_stop=stop,
+                                        timeout_s=self.timeout_s,
+                                        restart=self.restart or requeued)
+        except RunFolderBusyError as error:
+            log.error("rank %d: %s", rank, error)
+            raise
         except Exception as error:
             record_failure(self.run_dir, rank, error, _traceback_location(job_env))
             raise

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ssit.cli import positive_float
 from ssit.cluster.executor import (
@@ -27,11 +27,12 @@ from ssit.cluster.executor import (
     LaunchError,
     add_slurm_arguments,
     default_run_dir,
+    kill_local_job,
     make_executor,
     sbatch_preview,
 )
 from ssit.config import ConfigError, config_to_dict, load_config, read_yaml
-from ssit.error_text import failure_excerpt, last_line
+from ssit.error_text import failure_excerpt, job_error_line, last_line
 from ssit.train.checkpoint import list_checkpoints, recorded_world_size
 from ssit.train.config import (
     DEFAULT_CONFIG,
@@ -43,9 +44,20 @@ from ssit.train.config import (
     validate_pretrain_config,
 )
 from ssit.train.run_folder import RestartRefusedError, check_run_folder
+from ssit.train.run_owner import (
+    RunFolderBusyError,
+    check_run_folder_free,
+    local_owner,
+    submitting_into,
+    write_owner,
+)
+
+if TYPE_CHECKING:
+    from ssit.cluster.job import PretrainJob
 
 DEFAULT_GPUS_PER_NODE = 8
 JOB_NAME = "ssit-pretrain"
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,7 @@ def plan_pretrain(args: argparse.Namespace) -> PretrainPlan:
     run_dir = (args.output or default_run_dir(run_name)).expanduser().absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise LaunchError(f"--output {run_dir} exists and is not a folder")
+    _check_free(run_dir)
     _check_restart(run_dir, args.restart)
     # A restart trains from step 0, so it need not match the settings of the earlier run.
     resume = not args.restart and _check_resumable(run_dir, config,
@@ -184,16 +197,14 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     job_callable = PretrainJob(plan.config, plan.run_dir, timeout_s=args.dist_timeout,
                                restart=plan.restart)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
-    # submitit's local controller inherits an ignored SIGINT, so Ctrl-C does not make it kill
-    # the tasks; they catch SIGINT themselves and stop at a step boundary with a checkpoint.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if args.local else None
     try:
-        job = executor.submit(job_callable)
-    except Exception as error:  # submitit wraps sbatch's refusal in several exception types
-        raise LaunchError(f"submission failed: {last_line(error)}") from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        with submitting_into(plan.run_dir):
+            job = _submit(executor, job_callable, args.local)
+            # A local job is its controller process until rank 0 takes the folder's lock.
+            write_owner(plan.run_dir, local_owner(int(job.job_id)) if args.local
+                        else local_owner(os.getpid(), (str(job.job_id),)))
+    except RunFolderBusyError as error:
+        raise LaunchError(str(error)) from None
 
     action = "restarting" if plan.restart else "resuming" if plan.resume else "starting"
     out.write(f"{action} pre-training in {plan.run_dir}"
@@ -207,6 +218,20 @@ def launch_pretrain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not args.local:
         return 0
     return _wait_local(job, plan, out)
+
+
+def _submit(executor: Any, job_callable: PretrainJob, local: bool) -> Any:
+    """Submit the job; raise LaunchError with sbatch's reason when it is refused."""
+    # submitit's local controller inherits an ignored SIGINT, so Ctrl-C does not make it kill
+    # the tasks; they catch SIGINT themselves and stop at a step boundary with a checkpoint.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if local else None
+    try:
+        return executor.submit(job_callable)
+    except Exception as error:  # submitit wraps sbatch's refusal in several exception types
+        raise LaunchError(f"submission failed: {last_line(error)}") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 # Words for the named losses of the hosted methods in the console summary.
@@ -234,7 +259,8 @@ def format_summary(run_dir: Path) -> str:
 
 
 def _wait_local(job: Any, plan: PretrainPlan, out: TextIO) -> int:
-    """Follow rank 0's console while the local job runs; Ctrl-C stops it with a checkpoint."""
+    """Follow rank 0's console while the local job runs. Ctrl-C stops it at a step boundary
+    with a checkpoint; a second Ctrl-C kills its processes at once."""
     follower = _LogFollower([(job.paths.stdout, out), (job.paths.stderr, sys.stderr)])
     stopping = False
     while not job.done():
@@ -243,17 +269,21 @@ def _wait_local(job: Any, plan: PretrainPlan, out: TextIO) -> int:
             time.sleep(0.5)
         except KeyboardInterrupt:
             if stopping:
-                raise
+                kill_local_job(job)
+                print(f"error: interrupted; the local job was killed; resume from its last "
+                      f"checkpoint with the same command and --output {plan.run_dir}",
+                      file=sys.stderr)
+                return EXIT_INTERRUPTED
             stopping = True
             out.write("\nstopping: every rank saves a checkpoint first (Ctrl-C again to "
-                      "abandon)\n")
+                      "kill the job now)\n")
             # The local job id is the pid of submitit's controller; it forwards SIGTERM.
             os.kill(int(job.job_id), signal.SIGTERM)
     follower.poll()
     try:
         outcome = job.task(0).result()
     except Exception as error:  # submitit raises the job's own error or a missing-result error
-        out.write(f"the job failed ({last_line(error)}); see {job.paths.stderr} and "
+        out.write(f"the job failed ({job_error_line(error)}); see {job.paths.stderr} and "
                   f"{plan.run_dir / 'log.txt'}\n")
         out.write(failure_excerpt([job.task(i).paths.stderr for i in range(job.num_tasks)]))
         return 1
@@ -262,7 +292,7 @@ def _wait_local(job: Any, plan: PretrainPlan, out: TextIO) -> int:
         return 0
     out.write(f"stopped at step {outcome.step} with a checkpoint; resume with the same command "
               f"and --output {plan.run_dir}\n")
-    return 1
+    return EXIT_INTERRUPTED if stopping else 1
 
 
 class _LogFollower:
@@ -293,6 +323,14 @@ def _with_absolute_shards(config: PretrainConfig) -> PretrainConfig:
         return config
     data = dataclasses.replace(config.data, shards=os.path.abspath(shards))
     return dataclasses.replace(config, data=data)
+
+
+def _check_free(run_dir: Path) -> None:
+    """Refuse a run folder that a live job owns (queued, running or a live local process)."""
+    try:
+        check_run_folder_free(run_dir)
+    except RunFolderBusyError as error:
+        raise LaunchError(str(error)) from None
 
 
 def _check_restart(run_dir: Path, restart: bool) -> None:

@@ -51,6 +51,7 @@ from ssit.evaluate.test_sets import (
 )
 from ssit.evaluate.transforms import eval_transform, train_transform
 from ssit.train.config import resolve_precision
+from ssit.train.run_owner import hold_run_folder
 
 LOGGER = logging.getLogger(__name__)
 
@@ -134,7 +135,9 @@ class GradingJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return run_grading(self.cfg, self.out_dir)
+        # The job owns its folder while it runs: a second job into it is refused.
+        with hold_run_folder(self.out_dir):
+            return run_grading(self.cfg, self.out_dir)
 
 
 def _run_regression(

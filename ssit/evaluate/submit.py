@@ -10,8 +10,10 @@ and writes ``summary.json`` / ``summary.md`` into the run folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -24,21 +26,31 @@ from ssit.cluster.executor import (
     LaunchError,
     add_slurm_arguments,
     default_run_dir,
+    kill_local_job,
     make_executor,
     sbatch_preview,
 )
 from ssit.config import ConfigError, load_config
-from ssit.error_text import failure_excerpt, last_line
+from ssit.error_text import failure_excerpt, job_error_line, last_line
 from ssit.evaluate.architecture import EncoderSource, resolve_encoder
 from ssit.evaluate.config import DATASETS, PROTOCOLS, RANDOM_ENCODER, EncoderConfig, GradeConfig
 from ssit.evaluate.report import write_json
 from ssit.evaluate.summary import RESULTS_FILE, summary_table
 from ssit.evaluate.test_sets import is_timm_source, read_encoder_source
 from ssit.evaluate.validate import check_encoder_builds, validate_grading_config
+from ssit.train.run_owner import (
+    RunFolderBusyError,
+    check_run_folder_free,
+    hold_run_folder,
+    local_owner,
+    submitting_into,
+    write_owner,
+)
 
 DEFAULT_CONFIG = "grade_paper"
 JOB_NAME = "ssit-grade"
 DEFAULT_TIME_MIN = 12 * 60
+EXIT_INTERRUPTED = 130
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
 
 
@@ -129,6 +141,7 @@ def plan_grading(args: argparse.Namespace) -> GradingPlan:
     run_dir = (args.output or default_run_dir("grade")).expanduser().absolute()
     if run_dir.exists() and not run_dir.is_dir():
         raise LaunchError(f"--output {run_dir} exists and is not a folder")
+    _check_free(run_dir)
     encoder, source = _resolved_encoder(base.encoder, args)
     tasks = []
     for dataset, path in zip(args.dataset, args.data, strict=True):
@@ -163,24 +176,62 @@ def launch_grading(args: argparse.Namespace, out: TextIO | None = None) -> int:
         check_encoder_builds(task.config)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     executor = make_executor(args, plan.log_dir, plan.resources)
-    out.write(f"output folder: {plan.run_dir}\n")
     if args.local:
-        results = []
-        for task in plan.tasks:
-            job = _submit(executor, [task])[0]
-            out.write(f"job {job.job_id}: {task.name} -> {task.out_dir}\n")
-            out.flush()
-            results.append(_result(job, task, out))
-    else:
-        jobs = _submit(executor, plan.tasks)
-        for job, task in zip(jobs, plan.tasks, strict=True):
-            out.write(f"job {job.job_id}: {task.name} -> {task.out_dir}\n")
-        out.flush()
-        if args.no_wait:
-            out.write(f"gather the results later: python launch/grade.py --summarize "
-                      f"{plan.run_dir}\n")
-            return 0
+        return _grade_locally(executor, plan, out)
+    try:
+        with submitting_into(plan.run_dir):
+            jobs = _submit(executor, plan.tasks)
+            write_owner(plan.run_dir,
+                        local_owner(os.getpid(), tuple(str(job.job_id) for job in jobs)))
+    except RunFolderBusyError as error:
+        raise LaunchError(str(error)) from None
+    out.write(f"output folder: {plan.run_dir}\n")
+    for job, task in zip(jobs, plan.tasks, strict=True):
+        out.write(f"job {job.job_id}: {task.name} -> {task.out_dir}\n")
+    out.flush()
+    if args.no_wait:
+        out.write(f"gather the results later: python launch/grade.py --summarize "
+                  f"{plan.run_dir}\n")
+        return 0
+    try:
         results = [_result(job, task, out) for job, task in zip(jobs, plan.tasks, strict=True)]
+    except KeyboardInterrupt:
+        print(f"error: interrupted; the jobs keep running on the cluster: gather their "
+              f"results later with python launch/grade.py --summarize {plan.run_dir}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _finish(plan, results, out)
+
+
+def _grade_locally(executor: Any, plan: GradingPlan, out: TextIO) -> int:
+    """Run the jobs one after the other on this machine, holding the run folder meanwhile;
+    Ctrl-C kills the running job and ends the launcher with one line."""
+    with contextlib.ExitStack() as holding:
+        try:
+            with submitting_into(plan.run_dir):
+                holding.enter_context(hold_run_folder(plan.run_dir, wait_s=0))
+        except RunFolderBusyError as error:
+            raise LaunchError(str(error)) from None
+        out.write(f"output folder: {plan.run_dir}\n")
+        results, job = [], None
+        try:
+            for task in plan.tasks:
+                job = _submit(executor, [task])[0]
+                out.write(f"job {job.job_id}: {task.name} -> {task.out_dir}\n")
+                out.flush()
+                results.append(_result(job, task, out))
+        except KeyboardInterrupt:
+            if job is not None:
+                kill_local_job(job)
+            print(f"error: interrupted; the running grading job was stopped, the finished ones "
+                  f"are kept in {plan.run_dir} (the same command grades the rest)",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+    return _finish(plan, results, out)
+
+
+def _finish(plan: GradingPlan, results: Sequence[dict[str, Any] | None], out: TextIO) -> int:
+    """Write the summary of the finished jobs; 0 when every job finished."""
     finished = [result for result in results if result is not None]
     if finished:
         out.write(write_summary(plan.run_dir, finished) + "\n")
@@ -287,10 +338,18 @@ def _result(job: Any, task: GradingTask, out: TextIO) -> dict[str, Any] | None:
     try:
         return job.result()
     except Exception as error:  # a failed job is reported and the others still summarised
-        out.write(f"job {job.job_id} ({task.name}) failed: {last_line(error)}; "
+        out.write(f"job {job.job_id} ({task.name}) failed: {job_error_line(error)}; "
                   f"see {job.paths.stderr}\n")
         out.write(failure_excerpt([job.paths.stderr]))
         return None
+
+
+def _check_free(run_dir: Path) -> None:
+    """Refuse a run folder whose grading jobs are alive (queued, running, or run locally)."""
+    try:
+        check_run_folder_free(run_dir)
+    except RunFolderBusyError as error:
+        raise LaunchError(str(error)) from None
 
 
 def add_test_set_arguments(parser: argparse.ArgumentParser) -> None:

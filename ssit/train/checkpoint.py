@@ -5,7 +5,8 @@ trailer holding the SHA-256 of the bytes before it (``torch.load`` ignores the t
 first written to a hidden temporary file in the same directory, flushed to disk, then renamed
 over the final name, so a crash while saving never leaves a partial file under a checkpoint name.
 Before writing, the free space is checked against the size of the checkpoint (a save needs room
-for ``keep + 1`` checkpoints). The newest checkpoint is found by scanning the names; one that
+for the ``keep - 1`` newest checkpoints, at least one, and the new one: the older ones are
+deleted before it is written). The newest checkpoint is found by scanning the names; one that
 cannot be read, or whose checksum does not match, is set aside (renamed ``*.unreadable``) and the
 one before is used, with a warning. Errors say in words what is wrong with a file (truncated,
 not a checkpoint, damaged, written by another version). Beside the checkpoints, ``ranks.json``
@@ -90,7 +91,9 @@ def save_checkpoint(state: Mapping[str, Any], directory: str | Path, keep: int) 
     directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, int(state["step"]))
     _remove_stale_temporaries(directory)
-    needed = estimated_checkpoint_bytes(state, list_checkpoints(directory))
+    existing = list_checkpoints(directory)
+    needed = estimated_checkpoint_bytes(state, existing)
+    _make_room(existing, final, keep)
     free = shutil.disk_usage(directory).free
     if free < needed:
         raise CheckpointError(_no_space_message(final, needed, free, keep))
@@ -124,6 +127,16 @@ def rotate_checkpoints(directory: str | Path, keep: int) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+def _make_room(existing: list[Path], final: Path, keep: int) -> None:
+    """Delete the oldest checkpoints before ``final`` is written, so that only ``keep - 1`` of
+    the others remain meanwhile: never fewer than one, the newest complete checkpoint."""
+    others = [path for path in existing if path != final]
+    for path in others[:max(0, len(others) - max(1, keep - 1))]:
+        log.info("removing %s before saving %s (checkpoint.keep=%d)", path.name, final.name,
+                 keep)
+        path.unlink(missing_ok=True)
 
 
 def record_world_size(directory: str | Path, world_size: int) -> None:
@@ -249,11 +262,17 @@ def estimated_checkpoint_bytes(state: Mapping[str, Any], existing: list[Path] = 
 
 
 def _no_space_message(final: Path, needed: int, free: int, keep: int) -> str:
+    kept = len([path for path in list_checkpoints(final.parent) if path != final])
+    if kept > 1:
+        advice = ("free space there or lower checkpoint.keep (a save first deletes the oldest "
+                  "checkpoints beyond checkpoint.keep - 1)")
+    else:
+        advice = ("free space there (lowering checkpoint.keep frees nothing: the newest "
+                  "complete checkpoint stays until the new one is written)")
     return (
         f"No space left on device for {final.name} in {final.parent}: a checkpoint needs about "
-        f"{_megabytes(needed)} and {_megabytes(free)} are free; with checkpoint.keep={keep} a "
-        f"run needs room for {keep + 1} checkpoints while saving (about "
-        f"{_megabytes(needed * (keep + 1))}): free space there or lower checkpoint.keep"
+        f"{_megabytes(needed)} and {_megabytes(free)} are free, beside the {kept} checkpoint(s) "
+        f"kept while it is written (checkpoint.keep={keep}): {advice}"
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from ssit.cluster.job import (
 )
 from ssit.config import ConfigError
 from ssit.train.config import PretrainConfig
+from ssit.train.run_owner import RunFolderBusyError
+from tests.cluster.conftest import checkout_import_path
 
 SLURM_TASK = {
     "SUBMITIT_EXECUTOR": "slurm",
@@ -194,3 +198,32 @@ def test_failure_of_a_job_goes_into_log_txt(tmp_path: Path, monkeypatch: pytest.
     assert "rank 0 ERROR the job failed: ConfigError: data.shards 'shards/eyepacs': " in text
     stderr = tmp_path / "run" / "submitit" / "55_0_log.err"
     assert text.rstrip().endswith(f"(traceback in {stderr})")
+
+
+def test_a_job_refuses_a_folder_another_job_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
+    """Two jobs into one folder that both got past the launcher: the second one's rank 0 stops
+    at its start naming the first, and writes nothing there (not even into log.txt)."""
+    set_environment(monkeypatch, {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "56",
+                                  "SUBMITIT_LOCAL_GLOBAL_RANK": "0",
+                                  "SUBMITIT_LOCAL_NTASKS": "1", "SUBMITIT_LOCAL_LOCALID": "0",
+                                  "SUBMITIT_FOLDER": str(tmp_path / "submitit")})
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom ssit.train.run_owner import "
+         "hold_run_folder\nwith hold_run_folder(sys.argv[1], wait_s=0):\n"
+         "    print('holding', flush=True)\n    time.sleep(600)\n", str(run_dir)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, **checkout_import_path()})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        job = PretrainJob(PretrainConfig(device="cpu"), run_dir)
+        monkeypatch.setattr("ssit.train.run_owner.LOCK_WAIT_S", 0.5)
+        with pytest.raises(RunFolderBusyError, match=rf"{run_dir} is in use by process "
+                           rf"{holder.pid} on host "):
+            job()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(path.name for path in run_dir.iterdir()) == [".owner"]

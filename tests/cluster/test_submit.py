@@ -7,6 +7,10 @@ import dataclasses
 import importlib.util
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,7 +26,8 @@ from ssit.cluster.submit import (
 from ssit.config import ConfigError, load_config, save_config
 from ssit.train.checkpoint import checkpoint_path, record_world_size
 from ssit.train.config import PretrainConfig
-from tests.cluster.conftest import LAUNCHER, run_launcher
+from ssit.train.run_owner import RunOwner, local_owner, write_owner
+from tests.cluster.conftest import LAUNCHER, checkout_import_path, run_launcher
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -339,3 +344,49 @@ def test_a_failing_local_job_shows_its_exception(demo_shards: Path, tmp_path: Pa
     assert 4 <= len(excerpt) <= 13 and all(line.startswith("  ") for line in excerpt[1:])
     assert "save_config" in text
     assert "IsADirectoryError" in excerpt[-1] and str(run / "config.yaml") in excerpt[-1]
+
+
+def test_output_held_by_a_live_process_is_refused_before_anything_else(
+    demo_shards: Path, tmp_path: Path, launcher_module: ModuleType,
+    capsys: pytest.CaptureFixture
+) -> None:
+    """A run that trains into the folder right now (no checkpoint yet, config.yaml written):
+    the launcher names its process, not the missing checkpoint; once it died (kill -9) its
+    record is stale and the folder is taken over."""
+    saved_run(demo_shards, tmp_path, checkpoint=False)
+    holder = hold_in_another_process(tmp_path)
+    argv = ["--cpu", "--config", "demo_tiny_cpu", f"data.shards={demo_shards}", "--output",
+            str(tmp_path), "--dry-run"]
+    try:
+        status, out, err = launch_main(launcher_module, capsys, *argv)
+        assert status == 2 and out == ""
+        assert err == (f"error: {tmp_path} is in use by process {holder.pid} on host "
+                       f"{socket.gethostname()}; wait for that run to end or stop it, or use "
+                       "another --output\n")
+    finally:
+        holder.kill()
+        holder.wait()
+    status, out, err = launch_main(launcher_module, capsys, *argv, "--restart")
+    assert status == 0, err
+
+
+def test_stale_owner_records_are_taken_over(demo_shards: Path, tmp_path: Path) -> None:
+    """A record of a dead local process, or of a SLURM job squeue does not know (finished long
+    ago, or no SLURM here), does not stop a resubmission."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    for owner in (local_owner(ended.pid), RunOwner("login1", 4, ("999999999",))):
+        write_owner(tmp_path, owner)
+        plan = plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
+        assert plan.run_dir == tmp_path
+
+
+def hold_in_another_process(run_dir: Path) -> subprocess.Popen[str]:
+    """A process that holds ``run_dir`` as a job's rank 0 does, until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom ssit.train.run_owner import "
+         "hold_run_folder\nwith hold_run_folder(sys.argv[1], wait_s=0):\n"
+         "    print('holding', flush=True)\n    time.sleep(600)\n", str(run_dir)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, **checkout_import_path()})
+    assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+    return holder

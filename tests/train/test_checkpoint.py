@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,10 +261,70 @@ def test_full_disk_is_refused_before_writing_with_the_room_a_save_needs(small_fi
     message = str(info.value)
     assert message.startswith(f"No space left on device for checkpoint-00000002.pt in "
                               f"{small_filesystem}: a checkpoint needs about 8 MB and ")
-    assert "with checkpoint.keep=3 a run needs room for 4 checkpoints while saving" in message
+    assert message.endswith(
+        "are free, beside the 1 checkpoint(s) kept while it is written (checkpoint.keep=3): "
+        "free space there (lowering checkpoint.keep frees nothing: the newest complete "
+        "checkpoint stays until the new one is written)")
     # The earlier checkpoint is intact and nothing partial is left behind.
     assert [p.name for p in small_filesystem.iterdir()] == ["checkpoint-00000001.pt"]
     assert load_checkpoint(checkpoint_path(small_filesystem, 1))["step"] == 1
+
+
+def _leave_free(directory: Path, free_bytes: int) -> None:
+    """Fill the file system of ``directory`` until about ``free_bytes`` are left."""
+    filler = directory.parent / f"{directory.name}-filler"
+    filler.write_bytes(bytes(max(0, shutil.disk_usage(directory).free - free_bytes)))
+
+
+def _mib_state(step: int, mebibytes: int) -> dict:
+    return {**_state(step), "model": {"weight": torch.zeros(mebibytes * 2**18)}}
+
+
+def test_save_deletes_the_oldest_checkpoint_before_writing_when_keep_allows(small_filesystem):
+    """keep=2 and two 3 MiB checkpoints on 12 MiB: the third fits once the first is gone."""
+    directory = small_filesystem / "checkpoints"
+    for step in (1, 2):
+        save_checkpoint(_mib_state(step, 3), directory, keep=2)
+    assert shutil.disk_usage(directory).free < estimated_checkpoint_bytes(_mib_state(3, 3))
+    save_checkpoint(_mib_state(3, 3), directory, keep=2)
+    assert [p.name for p in list_checkpoints(directory)] == ["checkpoint-00000002.pt",
+                                                             "checkpoint-00000003.pt"]
+    assert load_latest_checkpoint(directory)[1]["step"] == 3
+
+
+def test_lowering_keep_as_the_full_disk_message_says_makes_room(small_filesystem):
+    directory = small_filesystem / "checkpoints"
+    for step in (1, 2, 3):
+        save_checkpoint(_mib_state(step, 2), directory, keep=3)
+    needed = estimated_checkpoint_bytes(_mib_state(4, 2), list_checkpoints(directory))
+    size = checkpoint_path(directory, 1).stat().st_size
+    # Room for the new checkpoint once two old ones are gone, not once only one is.
+    _leave_free(directory, needed - size * 3 // 2)
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(_mib_state(4, 2), directory, keep=3)
+    assert str(info.value).endswith(
+        "beside the 2 checkpoint(s) kept while it is written (checkpoint.keep=3): free space "
+        "there or lower checkpoint.keep (a save first deletes the oldest checkpoints beyond "
+        "checkpoint.keep - 1)")
+    assert [p.name for p in list_checkpoints(directory)] == ["checkpoint-00000002.pt",
+                                                             "checkpoint-00000003.pt"]
+    save_checkpoint(_mib_state(4, 2), directory, keep=2)
+    assert [p.name for p in list_checkpoints(directory)] == ["checkpoint-00000003.pt",
+                                                             "checkpoint-00000004.pt"]
+
+
+def test_keep_1_keeps_the_complete_checkpoint_until_the_new_one_is_written(small_filesystem):
+    directory = small_filesystem / "checkpoints"
+    save_checkpoint(_mib_state(1, 3), directory, keep=1)
+    _leave_free(directory, 5 * 2**20)
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(_mib_state(2, 3), directory, keep=1)
+    assert "beside the 1 checkpoint(s) kept while it is written (checkpoint.keep=1): free " \
+           "space there (lowering checkpoint.keep frees nothing" in str(info.value)
+    assert load_latest_checkpoint(directory)[1]["step"] == 1
+    (small_filesystem / "checkpoints-filler").unlink()
+    save_checkpoint(_mib_state(2, 3), directory, keep=1)
+    assert [p.name for p in list_checkpoints(directory)] == ["checkpoint-00000002.pt"]
 
 
 def test_disk_filling_up_during_a_save_says_no_space_left(small_filesystem):
