@@ -1,4 +1,4 @@
-"""Pre-training objectives by name: SSiT (and MoCo v3), SimCLR and GraVIS.
+"""Pre-training objectives by name: SSiT (and MoCo v3), SimCLR, GraVIS and MAE.
 
 A method is a :class:`~ssit.methods.base.Method`. Adding one is a module with a builder
 ``build_<name>(method_cfg, backbone_cfg) -> Method``, its options dataclass in
@@ -14,6 +14,7 @@ from ssit.methods.base import Method
 from ssit.methods.config import (
     METHOD_CONFIGS,
     GraVISConfig,
+    MAEConfig,
     MethodConfig,
     SimCLRConfig,
     SSiTConfig,
@@ -24,6 +25,7 @@ METHODS: dict[str, str] = {
     "ssit": "ssit.methods.ssit:build_ssit",
     "simclr": "ssit.methods.simclr:build_simclr",
     "gravis": "ssit.methods.gravis:build_gravis",
+    "mae": "ssit.methods.mae:build_mae",
 }
 
 
@@ -40,6 +42,7 @@ __all__ = [
     "METHODS",
     "METHOD_CONFIGS",
     "GraVISConfig",
+    "MAEConfig",
     "Method",
     "MethodConfig",
     "SSiTConfig",
