@@ -46,7 +46,9 @@ class DataConfig:
 class OptimConfig:
     """AdamW (or SGD) with linear warm-up then half-cosine decay, evaluated every step.
 
-    ``momentum`` and ``nesterov`` apply to SGD only.
+    ``momentum`` and ``nesterov`` apply to SGD only, ``betas`` to AdamW only. The cosine ends at
+    ``min_lr``. ``no_decay_1d`` exempts biases and parameters of at most one dimension (norm
+    weights) from weight decay, as DINO and MAE do.
     """
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -59,6 +61,9 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     clip_grad: float | None = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    no_decay_1d: bool = False
+    min_lr: float = 0.0
 
 
 @dataclass
@@ -191,8 +196,22 @@ def _check_ranges(cfg: PretrainConfig) -> None:
          cfg.log.image_every_steps is None or cfg.log.image_every_steps >= 0, ">= 0 or null"),
     ]
     _refuse_first_failure(checks)
+    _check_optim_additions(cfg.optim)
     if cfg.optim.nesterov and cfg.optim.optimizer != "sgd":
         raise ConfigError("optim.nesterov applies to optim.optimizer=sgd only")
+
+
+def _check_optim_additions(optim: OptimConfig) -> None:
+    betas = tuple(optim.betas)
+    if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
+        raise ConfigError(f"config key 'optim.betas' must be two numbers in [0, 1), got "
+                          f"{list(betas)!r}")
+    if optim.optimizer != "adamw" and betas != OptimConfig.betas:
+        raise ConfigError("optim.betas applies to optim.optimizer=adamw only")
+    peak = (optim.lr * optim.batch_size / REFERENCE_BATCH_SIZE) if optim.scale_lr else optim.lr
+    if not 0 <= optim.min_lr <= peak:
+        raise ConfigError(f"config key 'optim.min_lr' must be in [0, peak lr {peak:.3g}], got "
+                          f"{optim.min_lr!r}")
 
 
 def _refuse_first_failure(checks: Sequence[RangeCheck]) -> None:
@@ -241,7 +260,8 @@ def _check_shards(spec: str, per_rank: int, world_size: int, with_maps: bool) ->
 
 # What a run's checkpoints hold depends on these settings, so a resumed run may not change them;
 # the loss weights are the exception.
-RESUME_LOCKED_KEYS = ("seed", "backbone.", "method.", "optim.batch_size", "optim.optimizer")
+RESUME_LOCKED_KEYS = ("seed", "backbone.", "method.", "optim.batch_size", "optim.optimizer",
+                      "optim.no_decay_1d")
 RESUME_FREE_KEYS = ("method.w_cl", "method.w_ss", "method.ss_decay")
 
 

@@ -51,6 +51,7 @@ from ssit.train.distributed import (
 from ssit.train.gpu_settings import training_memory_format
 from ssit.train.loss_log import LossWindow, log_picture, log_window
 from ssit.train.monitor import RunMonitor
+from ssit.train.optimizer import build_optimizer as build_optimizer_from
 from ssit.train.progress import RunProgress
 from ssit.train.resume import (
     check_resume_position,
@@ -203,7 +204,8 @@ def pretrain(
                 maps = [None if m is None else m.to(ctx.device, non_blocking=True)
                         for m in batch.maps]
                 epoch = progress.step / steps_per_epoch
-                lr = learning_rate(epoch, peak_lr, cfg.optim.warmup_epochs, cfg.optim.epochs)
+                lr = learning_rate(epoch, peak_lr, cfg.optim.warmup_epochs, cfg.optim.epochs,
+                                   cfg.optim.min_lr)
                 scalars = model.before_step(epoch, cfg.optim.epochs)
                 weights = model.loss_weights(epoch, cfg.optim.epochs)
                 losses = train_step(
@@ -270,15 +272,8 @@ def build_model(cfg: PretrainConfig) -> Method:
 
 
 def build_optimizer(cfg: PretrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum, optionally Nesterov) over the trainable parameters.
-
-    The learning rate is set by the schedule at every step.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optim.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=0.0, momentum=cfg.optim.momentum,
-                               nesterov=cfg.optim.nesterov, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.optim.weight_decay)
+    """The optimiser of ``cfg.optim`` over ``model``'s trainable parameters."""
+    return build_optimizer_from(cfg.optim, model)
 
 
 def train_step(

@@ -36,6 +36,26 @@ def test_learning_rate_is_continuous_at_warmup_end() -> None:
     assert before == pytest.approx(after, rel=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [
+        (5, 2.5e-4),  # warm-up is unchanged: 5e-4 * 5 / 10
+        (10, 5e-4),  # warm-up end: the peak
+        (55, 1e-6 + (5e-4 - 1e-6) * 0.5),  # cosine middle: (55 - 10) / 90 = 1/2
+        (100, 1e-6),  # end: min_lr, DINO's 1e-6
+        (120, 1e-6),  # clamped
+    ],
+)
+def test_learning_rate_ends_at_min_lr(epoch: float, expected: float) -> None:
+    assert learning_rate(epoch, 5e-4, 10, 100, min_lr=1e-6) == pytest.approx(expected, abs=1e-15)
+
+
+@pytest.mark.parametrize("min_lr", [-1e-6, 2e-3])
+def test_min_lr_outside_zero_to_base_is_refused(min_lr: float) -> None:
+    with pytest.raises(ValueError, match="min_lr must lie in"):
+        learning_rate(50, LR, WARMUP, TOTAL, min_lr=min_lr)
+
+
 def test_learning_rate_without_warmup_starts_at_base() -> None:
     assert learning_rate(0, LR, 0, TOTAL) == LR
     assert learning_rate(TOTAL, LR, 0, TOTAL) == pytest.approx(0.0, abs=1e-18)
