@@ -1,6 +1,6 @@
 """Training-step throughput of every hosted method in its paper configuration.
 
-Each packaged paper configuration (SSiT and MoCo v3 on ViT-S/16, SimCLR and GraVIS on
+Each packaged paper configuration (SSiT, MoCo v3 and MAE on ViT-S/16, SimCLR and GraVIS on
 ResNet-50, all at 224) is built as the loop builds it and timed on synthetic views: EMA hook,
 forward under the run's precision, weighted loss, backward, clipping and the optimiser step.
 The per-rank batch is small on the CPU (the numbers are per image, and GraVIS multiplies the
@@ -26,10 +26,11 @@ from ssit.train.engine import build_model, build_optimizer, train_step
 logger = logging.getLogger(__name__)
 
 CONFIGS = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "simclr_resnet50_eyepacs",
-           "gravis_resnet50_eyepacs")
+           "gravis_resnet50_eyepacs", "mae_vits16_eyepacs")
 CPU_IMAGES = 2
 GPU_IMAGES = {"ssit_vits16_eyepacs": 128, "mocov3_vits16_eyepacs": 128,
-              "simclr_resnet50_eyepacs": 128, "gravis_resnet50_eyepacs": 16}
+              "simclr_resnet50_eyepacs": 128, "gravis_resnet50_eyepacs": 16,
+              "mae_vits16_eyepacs": 128}
 TIMED_STEPS = 2
 COMMAND = "python -m benchmarks.run --only methods   # or: python -m benchmarks.methods"
 

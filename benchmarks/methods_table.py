@@ -86,7 +86,7 @@ SCALES = {
 
 # method: (packaged config, overrides that make it that method). MoCo v3 is SSiT without
 # key-patch selection, masking or the saliency head. The methods whose papers scale the
-# learning rate linearly with the batch (SSiT, MoCo v3, SimCLR, and MsSSL with the SSiT
+# learning rate linearly with the batch (SSiT, MoCo v3, SimCLR, MAE, and MsSSL with the SSiT
 # objective) do so here too: at the demo's small batches an unscaled rate ruins SSiT's features.
 METHODS = {
     "SSiT": ("demo_ssit_cpu", ()),
@@ -95,6 +95,7 @@ METHODS = {
     "SimCLR": ("simclr_demo_cpu", ("optim.scale_lr=true",)),
     "GraVIS": ("gravis_demo_cpu", ()),
     "MsSSL": ("msssl_demo_cpu", ("optim.scale_lr=true",)),
+    "MAE": ("mae_demo_cpu", ()),
 }
 HYBRID_METHODS = {"MsSSL"}  # their own backbone (ViT + CNN): only the ViT branch is shared
 
