@@ -3,7 +3,9 @@ the released parameter names, MAE's initialisation and the options refused befor
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import timm
@@ -18,6 +20,7 @@ from ssit.methods.config import MAEConfig
 from ssit.methods.mae import MAE, MAE_VIEW, patchify, random_masking, reconstruction_loss
 from ssit.train.config import PretrainConfig, validate_pretrain_config
 
+REPO = Path(__file__).resolve().parents[2]
 TINY = ViTConfig(arch="vit_tiny_patch16_224", img_size=64, kwargs={"depth": 2})
 TINY_DECODER = {"decoder_embed_dim": 32, "decoder_depth": 2, "decoder_num_heads": 4}
 
@@ -352,3 +355,23 @@ def test_a_cnn_backbone_is_refused(demo_shards) -> None:
         MAE(timm.create_model("resnet18", num_classes=0))
     with pytest.raises(ValueError, match=r"needs backbone\.name=vit"):
         MAEConfig().check(CNNConfig())
+
+
+def test_the_launcher_refuses_bad_mae_options_in_one_line(demo_shards, tmp_path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("launch_pretrain",
+                                                  REPO / "launch" / "pretrain.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    for override, expected in [
+        ("method.decoder_num_heads=3",
+         "method.decoder_num_heads=3 must divide method.decoder_embed_dim=128"),
+        ("method.mask_ratio=1.5", "config key 'method.mask_ratio' must be in (0, 1), got 1.5"),
+        ("backbone.name=cnn", "method mae needs backbone.name=vit"),
+    ]:
+        status = launcher.main(["--cpu", "--dry-run", "--config", "mae_demo_cpu", "--output",
+                                str(tmp_path / "run"), f"data.shards={demo_shards}", override])
+        captured = capsys.readouterr()
+        assert status == 2 and captured.out == ""
+        assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+        assert expected in captured.err
+    assert not (tmp_path / "run").exists()
