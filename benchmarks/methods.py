@@ -1,11 +1,12 @@
 """Training-step throughput of every hosted method in its paper configuration.
 
-Each packaged paper configuration (SSiT, MoCo v3 and MAE on ViT-S/16, SimCLR and GraVIS on
-ResNet-50, all at 224) is built as the loop builds it and timed on synthetic views: EMA hook,
-forward under the run's precision, weighted loss, backward, clipping and the optimiser step.
-The per-rank batch is small on the CPU (the numbers are per image, and GraVIS multiplies the
-views by K = 20); on a GPU it is the paper's per-GPU batch. FLOPs per image are counted with
-``FlopCounterMode`` over one forward and backward pass.
+Each packaged paper configuration (SSiT, MoCo v3, DINO and MAE on ViT-S/16, SimCLR and GraVIS on
+ResNet-50, all at 224; DINO's 8 local crops at 96) is built as the loop builds it and timed
+on synthetic views: EMA hook, forward under the run's precision, weighted loss, backward,
+clipping, the optimiser step and the hook after it (DINO's teacher EMA). The per-rank batch is
+small on the CPU (the numbers are per image, and GraVIS multiplies the views by K = 20); on a
+GPU it is the paper's per-GPU batch. FLOPs per image are counted with ``FlopCounterMode`` over
+one forward and backward pass.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from ssit.train.engine import build_model, build_optimizer, train_step
 logger = logging.getLogger(__name__)
 
 CONFIGS = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "simclr_resnet50_eyepacs",
-           "gravis_resnet50_eyepacs", "mae_vits16_eyepacs")
+           "gravis_resnet50_eyepacs", "dino_vits16_eyepacs", "mae_vits16_eyepacs")
 CPU_IMAGES = 2
 GPU_IMAGES = {"ssit_vits16_eyepacs": 128, "mocov3_vits16_eyepacs": 128,
               "simclr_resnet50_eyepacs": 128, "gravis_resnet50_eyepacs": 16,
-              "mae_vits16_eyepacs": 128}
+              "dino_vits16_eyepacs": 64, "mae_vits16_eyepacs": 128}
 TIMED_STEPS = 2
 COMMAND = "python -m benchmarks.run --only methods   # or: python -m benchmarks.methods"
 
@@ -57,10 +58,11 @@ def synthetic_batch(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
     """Random views and maps shaped as the pipeline would hand them to ``model``."""
     generator = torch.Generator().manual_seed(0)
-    views = [torch.randn(images, 3, size, size, generator=generator).to(device)
-             for _ in model.views]
-    maps = [torch.rand(images, 1, size, size, generator=generator).to(device)
-            if spec.with_map else None for spec in model.views]
+    sides = [spec.output_size(size) for spec in model.views]
+    views = [torch.randn(images, 3, side, side, generator=generator).to(device)
+             for side in sides]
+    maps = [torch.rand(images, 1, side, side, generator=generator).to(device)
+            if spec.with_map else None for spec, side in zip(model.views, sides, strict=True)]
     return views, maps
 
 
@@ -77,7 +79,11 @@ def time_method(config: str, images: int, device: torch.device) -> MethodTiming:
         model.before_step(1.0, cfg.optim.epochs)
         weights = model.loss_weights(1.0, cfg.optim.epochs)
         train_step(model, optimizer, scaler, views, maps, weights, lr=1e-4, amp_dtype=amp,
-                   clip_grad=cfg.optim.clip_grad)
+                   clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode,
+                   weight_decay=model.weight_decay(1.0, cfg.optim.epochs,
+                                                   cfg.optim.weight_decay),
+                   before_update=lambda: model.before_update(1.0))
+        model.after_step(1.0, cfg.optim.epochs)
 
     def sync() -> None:
         if device.type == "cuda":

@@ -1,9 +1,11 @@
 """Taking a pre-trained backbone out of a method checkpoint.
 
 Every method keeps its query backbone under ``base_encoder.*`` and, where it has one, the
-momentum copy under ``momentum_encoder.*``. A projector stored inside the backbone as
-``head.*`` (SSiT's, in the authors' layout) is dropped when the plain backbone has no such
-weights. A checkpoint that holds a plain backbone (no prefix) is accepted for the query branch.
+momentum copy under ``momentum_encoder.*``. Branch ``auto`` is the one the checkpoint's method
+declares (its ``export_branch``, e.g. DINO's teacher), ``query`` when it declares none. A
+projector stored inside the backbone as ``head.*`` (SSiT's, in the authors' layout) is dropped
+when the plain backbone has no such weights. A checkpoint that holds a plain backbone (no
+prefix) is accepted for the query branch.
 """
 
 from __future__ import annotations
@@ -24,20 +26,35 @@ from ssit.backbones.weights import (
     CheckpointSource,
     checkpoint_state_dict,
     load_into,
+    read_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
 
-Branch = Literal["query", "momentum"]
+Branch = Literal["auto", "query", "momentum"]
 BRANCH_PREFIXES: dict[str, str] = {"query": "base_encoder.", "momentum": "momentum_encoder."}
+
+
+def resolve_branch(checkpoint: CheckpointSource, branch: Branch) -> str:
+    """``branch``, or for ``auto`` the branch the checkpoint declares (``query`` if none)."""
+    if branch != "auto":
+        return branch
+    loaded = read_checkpoint(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
+    declared = loaded.get("export_branch", "query")
+    if declared not in BRANCH_PREFIXES:
+        raise CheckpointError(f"checkpoint declares an unknown export branch {declared!r}")
+    return declared
 
 
 def backbone_state_dict(
     checkpoint: CheckpointSource, branch: Branch = "query"
 ) -> dict[str, torch.Tensor]:
     """The weights of one branch's backbone with the branch prefix removed (heads included)."""
-    if branch not in BRANCH_PREFIXES:
-        raise ValueError(f"branch must be 'query' or 'momentum', got {branch!r}")
+    if branch not in (*BRANCH_PREFIXES, "auto"):
+        raise ValueError(f"branch must be 'auto', 'query' or 'momentum', got {branch!r}")
+    if isinstance(checkpoint, str | Path):
+        checkpoint = read_checkpoint(checkpoint)
+    branch = resolve_branch(checkpoint, branch)
     state = checkpoint_state_dict(checkpoint)
     prefix = BRANCH_PREFIXES[branch]
     backbone = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}

@@ -85,6 +85,55 @@ def resize_pos_embed(
     return state
 
 
+def interpolate_pos_encoding(
+    pos_embed: torch.Tensor, grid_h: int, grid_w: int, num_prefix: int = 1
+) -> torch.Tensor:
+    """``pos_embed`` ``(1, P + N, D)`` for a ``grid_h x grid_w`` patch grid, as DINO resizes it.
+
+    The ``N`` patch entries (a square grid of side ``sqrt(N)``) are resampled bicubically with
+    ``scale_factor = ((grid + 0.1) / sqrt(N))`` per axis, without antialiasing (DINO's
+    ``interpolate_pos_encoding``; the 0.1 avoids a floating-point floor one short of the grid);
+    the ``P`` prefix entries are kept. The same grid returns ``pos_embed`` itself.
+    """
+    num_patches = pos_embed.shape[1] - num_prefix
+    side = math.sqrt(num_patches)
+    if grid_h * grid_w == num_patches and grid_h == grid_w:
+        return pos_embed
+    if int(side) ** 2 != num_patches:
+        raise ValueError(f"pos_embed of {num_patches} patches is not a square grid")
+    prefix, patches = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    dim = pos_embed.shape[-1]
+    grid = patches.reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    resized = nn.functional.interpolate(
+        grid.float(), scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side),
+        mode="bicubic", align_corners=False,
+    ).to(pos_embed.dtype)
+    if tuple(resized.shape[-2:]) != (grid_h, grid_w):
+        raise ValueError(f"resizing pos_embed to {grid_h}x{grid_w} gave "
+                         f"{tuple(resized.shape[-2:])}")
+    return torch.cat([prefix, resized.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+
+
+def vit_pooled_any_size(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
+    """The pooled feature (class token after the final norm) of ``images`` of any size that
+    is a multiple of the patch, with the position embedding resized as DINO does; at the
+    model's own size the same as ``model(images)``."""
+    if model.no_embed_class or model.reg_token is not None or model.cls_token is None:
+        raise ValueError("images of another size need a ViT with a class token, no register "
+                         "tokens and a position embedding that covers it")
+    patch = model.patch_embed.patch_size[0]
+    height, width = images.shape[-2:]
+    if height % patch or width % patch:
+        raise ValueError(f"image size {height}x{width} is not a multiple of the patch {patch}")
+    tokens = model.patch_embed.proj(images).flatten(2).transpose(1, 2)
+    tokens = model.patch_embed.norm(tokens)
+    tokens = torch.cat([model.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+    pos_embed = interpolate_pos_encoding(model.pos_embed, height // patch, width // patch)
+    x = model.pos_drop(tokens + pos_embed)
+    x = model.norm(model.blocks(model.norm_pre(model.patch_drop(x))))
+    return model.forward_head(x)
+
+
 def _require_vit_config(cfg: BackboneConfig) -> None:
     if not isinstance(cfg, ViTConfig):
         raise TypeError(f"the vit backbone needs a ViTConfig, got {type(cfg).__name__}")

@@ -27,6 +27,8 @@ from nvidia.dali.data_node import DataNode
 from ssit.data.views import VIEW1, VIEW2, AugmentationConfigError, ViewAugmentation
 from ssit.prepare.statistics import EYEPACS_MEAN, EYEPACS_STD
 
+_INTERPOLATIONS = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC}
+
 
 def coin(p: float) -> DataNode | bool:
     """A per-sample boolean that is true with probability `p` (a Python bool for p = 0 or 1)."""
@@ -58,8 +60,10 @@ def resized_crop_pair(
     size: int,
     scale: tuple[float, float],
     ratio: tuple[float, float],
+    interpolation: str = "linear",
 ) -> tuple[DataNode, DataNode | None]:
-    """Random resized crop with one window for the image and its map, both resized bilinearly.
+    """Random resized crop with one window for the image and its map, resized with antialiasing
+    (the image by `interpolation`, linear or cubic; the map always bilinearly).
 
     The window is drawn as torchvision's RandomResizedCrop draws it (area fraction in `scale`,
     log-uniform aspect ratio in `ratio`, ten attempts, then a centred fallback) and is applied
@@ -79,7 +83,8 @@ def resized_crop_pair(
         "interp_type": types.INTERP_LINEAR,
         "antialias": True,
     }
-    return fn.resize(image, **resize), _map_op(fn.resize, saliency, **resize)
+    image_resize = {**resize, "interp_type": _INTERPOLATIONS[interpolation]}
+    return fn.resize(image, **image_resize), _map_op(fn.resize, saliency, **resize)
 
 
 def colour_jitter_grayscale(image: DataNode, aug: ViewAugmentation) -> DataNode:
@@ -198,7 +203,8 @@ def augment_view(
     """One view: the augmentation table's steps in order, then normalisation (map: None in,
     None out)."""
     image, saliency = resized_crop_pair(
-        image, saliency, image_shape, size, aug.crop_scale, aug.crop_ratio
+        image, saliency, image_shape, size, aug.crop_scale, aug.crop_ratio,
+        aug.crop_interpolation,
     )
     image = colour_jitter_grayscale(image, aug)
     image = gaussian_blur(image, aug)

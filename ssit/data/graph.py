@@ -120,7 +120,7 @@ def _views_graph(
             saliency if view.with_map else None,
             image_shape,
             view.augmentation,
-            img_size,
+            view.output_size(img_size),
             mean,
             std,
         )

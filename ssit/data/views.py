@@ -26,6 +26,12 @@ _PROBABILITIES = (
 )
 
 
+CROP_INTERPOLATIONS = ("linear", "cubic")
+# Fields added after checkpoints were first written: at these defaults they are left out of the
+# fingerprint, so the recipes of older checkpoints still compare equal.
+_LATER_FIELDS = {"crop_interpolation": "linear"}
+
+
 class AugmentationConfigError(ValueError):
     """An augmentation parameter is out of its valid range."""
 
@@ -35,7 +41,8 @@ class ViewAugmentation:
     """Parameters of one view's augmentation; probabilities are in [0, 1].
 
     `hue` is a fraction of the hue circle as in torchvision's ColorJitter (0.1 = +-36 degrees);
-    `rotation_degrees` bounds the uniform rotation angle on both sides.
+    `rotation_degrees` bounds the uniform rotation angle on both sides. `crop_interpolation`
+    resamples the resized crop (`linear`, or `cubic` as DINO's bicubic crops).
     """
 
     crop_scale: tuple[float, float]
@@ -54,8 +61,14 @@ class ViewAugmentation:
     rotation_degrees: float = 180.0
     hflip_p: float = 0.5
     vflip_p: float = 0.5
+    crop_interpolation: str = "linear"
 
     def __post_init__(self) -> None:
+        if self.crop_interpolation not in CROP_INTERPOLATIONS:
+            raise AugmentationConfigError(
+                f"crop_interpolation must be one of {', '.join(CROP_INTERPOLATIONS)}, "
+                f"got {self.crop_interpolation!r}"
+            )
         for name in _PROBABILITIES:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -88,16 +101,26 @@ VIEW2 = ViewAugmentation(crop_scale=(0.8, 1.0), blur_p=0.1, solarize_p=0.2)
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """One view of every image: its augmentation and whether its saliency map comes along."""
+    """One view of every image: its augmentation, whether its saliency map comes along, and its
+    output size in pixels (None: the backbone's image size)."""
 
     augmentation: ViewAugmentation
     with_map: bool = False
+    size: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.augmentation, ViewAugmentation):
             raise AugmentationConfigError(
                 f"a view needs a ViewAugmentation, got {type(self.augmentation).__name__}"
             )
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(
+                self.size, int) or self.size < 1):
+            raise AugmentationConfigError(f"a view's size must be a positive integer or None, "
+                                          f"got {self.size!r}")
+
+    def output_size(self, default: int) -> int:
+        """The view's side in pixels: its own size, else ``default`` (the backbone's)."""
+        return default if self.size is None else self.size
 
 
 SSIT_VIEWS = (ViewSpec(VIEW1, True), ViewSpec(VIEW2, True))
@@ -105,24 +128,34 @@ SSIT_VIEWS = (ViewSpec(VIEW1, True), ViewSpec(VIEW2, True))
 
 
 class ViewBatch(NamedTuple):
-    """One batch of every view: `images[v]` is view v of each image `(B, 3, S, S)`, `maps[v]`
-    its saliency maps `(B, 1, S, S)` in [0, 1], or None for a view without maps."""
+    """One batch of every view: `images[v]` is view v of each image `(B, 3, S_v, S_v)` (`S_v`
+    its own size), `maps[v]` its saliency maps `(B, 1, S_v, S_v)` in [0, 1], or None."""
 
     images: list[torch.Tensor]
     maps: list[torch.Tensor | None]
 
 
 def views_fingerprint(views: tuple[ViewSpec, ...]) -> list[dict]:
-    """The views as JSON data (count, map flags, every augmentation parameter), in the form a
-    JSON round trip gives back (lists for tuples), so a saved copy compares equal."""
-    described = [
-        {"with_map": view.with_map, "augmentation": dataclasses.asdict(view.augmentation)}
-        for view in views
-    ]
+    """The views as JSON data (count, map flags, sizes, every augmentation parameter), in the
+    form a JSON round trip gives back (lists for tuples), so a saved copy compares equal.
+
+    A view at the backbone's size and options added later at their defaults are left out, so a
+    recipe that does not use them keeps the fingerprint older checkpoints saved."""
+    described = []
+    for view in views:
+        augmentation = {
+            name: value for name, value in dataclasses.asdict(view.augmentation).items()
+            if name not in _LATER_FIELDS or value != _LATER_FIELDS[name]
+        }
+        entry: dict[str, Any] = {"with_map": view.with_map, "augmentation": augmentation}
+        if view.size is not None:
+            entry["size"] = view.size
+        described.append(entry)
     return json.loads(json.dumps(described))
 
 
 __all__ = [
+    "CROP_INTERPOLATIONS",
     "SSIT_VIEWS",
     "VIEW1",
     "VIEW2",

@@ -40,7 +40,7 @@ class EncoderConfig:
     checkpoint: str = RANDOM_ENCODER  # training checkpoint, exported .safetensors, or "random"
     backbone: str = AUTO_BACKBONE  # auto, or a backbone kind: vit, cnn
     arch: str = "vit_small_patch16_224"
-    branch: Literal["query", "momentum"] = "query"
+    branch: Literal["auto", "query", "momentum"] = "auto"  # auto: the method's own
     img_size: int = 384
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm create_model kwargs
 

@@ -82,7 +82,7 @@ def describe_encoder(cfg: EncoderConfig) -> str:
     if cfg.checkpoint == RANDOM_ENCODER:
         return RANDOM_ENCODER
     name = Path(cfg.checkpoint).name
-    return name if cfg.branch == "query" else f"{name}:{cfg.branch}"
+    return name if cfg.branch in ("auto", "query") else f"{name}:{cfg.branch}"
 
 
 class GradingModel(nn.Module):

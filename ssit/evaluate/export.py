@@ -31,7 +31,7 @@ def export_backbone(
     checkpoint: str | Path,
     out: str | Path,
     *,
-    branch: str = "query",
+    branch: str = "auto",
     arch: str | None = None,
     img_size: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
@@ -52,6 +52,7 @@ def export_backbone(
         read_checkpoint,
         saved_backbone_config,
     )
+    from ssit.backbones.extract import resolve_branch
     from ssit.evaluate.architecture import backbone_name_of
 
     out = Path(out)
@@ -68,6 +69,7 @@ def export_backbone(
         kwargs={**saved.kwargs, **(model_kwargs or {})},
     )
     kind = backbone_kind(cfg.name)
+    branch = resolve_branch(loaded, branch)
     model = extract_backbone(loaded, cfg, branch)
     tensors = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     metadata = {"backbone": kind.name, **kind.export_metadata(cfg), "branch": branch,
@@ -100,8 +102,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ssit export``."""
     parser.add_argument("checkpoint", type=Path, help="training checkpoint (.pt) of any method")
     parser.add_argument("--out", type=Path, required=True, help="file to write (.safetensors)")
-    parser.add_argument("--branch", choices=("query", "momentum"), default="query",
-                        help="which encoder to export (default: query)")
+    parser.add_argument("--branch", choices=("auto", "query", "momentum"), default="auto",
+                        help="which encoder to export (default: auto, the one the "
+                        "checkpoint's method declares, e.g. DINO's teacher; else query)")
     parser.add_argument("--arch", help="timm architecture (default: from the checkpoint)")
     parser.add_argument("--img-size", type=int,
                         help="input size of the exported model (default: from the checkpoint)")

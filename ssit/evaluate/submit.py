@@ -81,8 +81,9 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--arch", help="timm architecture (default: the one the checkpoint "
                         "records, else encoder.arch of the config)")
-    parser.add_argument("--branch", choices=("query", "momentum"),
-                        help="which encoder of the checkpoint to grade (default: query)")
+    parser.add_argument("--branch", choices=("auto", "query", "momentum"),
+                        help="which encoder of the checkpoint to grade (default: auto, the "
+                        "one its method declares, e.g. DINO's teacher; else query)")
     parser.add_argument("--dataset", nargs="+", metavar="NAME",
                         help=f"one or more of {', '.join(DATASETS)}")
     parser.add_argument("--data", nargs="+", type=Path, metavar="PATH",

@@ -1,4 +1,4 @@
-"""Pre-training objectives by name: SSiT (and MoCo v3), SimCLR, GraVIS and MAE.
+"""Pre-training objectives by name: SSiT (and MoCo v3), SimCLR, GraVIS, DINO and MAE.
 
 A method is a :class:`~ssit.methods.base.Method`. Adding one is a module with a builder
 ``build_<name>(method_cfg, backbone_cfg) -> Method``, its options dataclass in
@@ -13,6 +13,7 @@ from ssit.backbones.config import BackboneConfig
 from ssit.methods.base import Method
 from ssit.methods.config import (
     METHOD_CONFIGS,
+    DINOConfig,
     GraVISConfig,
     MAEConfig,
     MethodConfig,
@@ -25,6 +26,7 @@ METHODS: dict[str, str] = {
     "ssit": "ssit.methods.ssit:build_ssit",
     "simclr": "ssit.methods.simclr:build_simclr",
     "gravis": "ssit.methods.gravis:build_gravis",
+    "dino": "ssit.methods.dino:build_dino",
     "mae": "ssit.methods.mae:build_mae",
 }
 
@@ -41,6 +43,7 @@ def create_method(method: MethodConfig, backbone: BackboneConfig) -> Method:
 __all__ = [
     "METHODS",
     "METHOD_CONFIGS",
+    "DINOConfig",
     "GraVISConfig",
     "MAEConfig",
     "Method",

@@ -201,6 +201,78 @@ class GraVISConfig(MethodConfig):
 
 
 @dataclass
+class DINOConfig(MethodConfig):
+    """DINO (Caron et al., ICCV 2021) as released in facebookresearch/dino (ViT backbones).
+
+    The student (the backbone with ``drop_path_rate``, plus the head) sees 2 global crops at
+    the backbone's size and ``local_crops_number`` local crops of ``local_crops_size``; the
+    teacher (an EMA copy without drop-path) sees the global crops. The teacher temperature
+    warms up linearly from ``warmup_teacher_temp`` over ``warmup_teacher_temp_epochs`` whole
+    epochs; the weight decay follows a cosine from ``optim.weight_decay`` to
+    ``weight_decay_end``; the last layer gets no update for ``freeze_last_layer`` epochs.
+    Grading and export read the teacher backbone unless ``export_student`` is true.
+    """
+
+    name: str = "dino"
+    out_dim: int = 65536
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+    head_layers: int = 3
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    momentum_teacher: float = 0.996
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 8
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    local_crops_size: int = 96
+    drop_path_rate: float = 0.1
+    weight_decay_end: float = 0.4
+    freeze_last_layer: int = 1
+    export_student: bool = False
+
+    def check(self, backbone: BackboneConfig) -> None:
+        if backbone.name != "vit":
+            raise ValueError(f"method dino needs backbone.name=vit (its position embedding is "
+                             f"resized for the local crops), got backbone.name={backbone.name}")
+        if "drop_path_rate" in getattr(backbone, "kwargs", {}):
+            raise ValueError("set the student's drop path with method.drop_path_rate, not "
+                             "backbone.kwargs.drop_path_rate (the teacher has none)")
+        for key in ("global_crops_scale", "local_crops_scale"):
+            low, high = getattr(self, key)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"method.{key} must satisfy 0 < low <= high <= 1, got "
+                                 f"{list(getattr(self, key))}")
+
+    def range_checks(self) -> list[RangeCheck]:
+        return [
+            ("method.out_dim", self.out_dim, self.out_dim >= 1, ">= 1"),
+            ("method.head_layers", self.head_layers, self.head_layers >= 1, ">= 1"),
+            ("method.head_hidden_dim", self.head_hidden_dim, self.head_hidden_dim >= 1, ">= 1"),
+            ("method.head_bottleneck_dim", self.head_bottleneck_dim,
+             self.head_bottleneck_dim >= 1, ">= 1"),
+            within("method.momentum_teacher", self.momentum_teacher, 0, 1),
+            positive("method.teacher_temp", self.teacher_temp),
+            positive("method.warmup_teacher_temp", self.warmup_teacher_temp),
+            ("method.warmup_teacher_temp_epochs", self.warmup_teacher_temp_epochs,
+             self.warmup_teacher_temp_epochs >= 0, ">= 0"),
+            positive("method.student_temp", self.student_temp),
+            within("method.center_momentum", self.center_momentum, 0, 1),
+            ("method.local_crops_number", self.local_crops_number,
+             self.local_crops_number >= 0, ">= 0"),
+            ("method.local_crops_size", self.local_crops_size, self.local_crops_size >= 1, ">= 1"),
+            within("method.drop_path_rate", self.drop_path_rate, 0, 1, open_high=True),
+            non_negative("method.weight_decay_end", self.weight_decay_end),
+            ("method.freeze_last_layer", self.freeze_last_layer, self.freeze_last_layer >= 0,
+             ">= 0"),
+        ]
+
+
+@dataclass
 class MAEConfig(MethodConfig):
     """MAE (He et al., CVPR 2022): a ViT encoder sees a random quarter of the patches, a light
     decoder reconstructs the pixels of the others.
@@ -244,5 +316,6 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "ssit": SSiTConfig,
     "simclr": SimCLRConfig,
     "gravis": GraVISConfig,
+    "dino": DINOConfig,
     "mae": MAEConfig,
 }

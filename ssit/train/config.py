@@ -48,7 +48,8 @@ class OptimConfig:
 
     ``momentum`` and ``nesterov`` apply to SGD only, ``betas`` to AdamW only. The cosine ends at
     ``min_lr``. ``no_decay_1d`` exempts biases and parameters of at most one dimension (norm
-    weights) from weight decay, as DINO and MAE do.
+    weights) from weight decay, as DINO and MAE do. ``clip_grad`` limits the global norm of
+    all gradients (``clip_mode: global``) or each parameter's own (``per_parameter``, DINO).
     """
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -64,6 +65,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     no_decay_1d: bool = False
     min_lr: float = 0.0
+    clip_mode: Literal["global", "per_parameter"] = "global"
 
 
 @dataclass

@@ -3,7 +3,9 @@
 Each step evaluates the schedules at the fractional epoch ``step / steps_per_epoch``, lets the
 method act before the step (e.g. its momentum encoder's EMA update), runs it under autocast on
 the views its recipe asked the pipeline for, sums its named losses with its weights,
-back-propagates, unscales, clips the gradient norm and steps the optimiser (AdamW or SGD).
+back-propagates, unscales, clips the gradients (global norm or each parameter's own), lets the
+method act just before the update, and steps the optimiser (AdamW or SGD) with the method's
+weight decay on the decayed group; the method may act again after the step (DINO's teacher).
 After the step all ranks agree, with one MAX all-reduce on the host (a gloo group, so the CPU
 never waits for the GPU), whether any of them was asked to stop or whether rank 0's checkpoint
 clock has run out; a
@@ -21,6 +23,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +64,7 @@ from ssit.train.resume import (
 )
 from ssit.train.run_folder import check_run_folder
 from ssit.train.schedules import learning_rate, scaled_learning_rate
+from ssit.train.step import train_step
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +212,14 @@ def pretrain(
                                    cfg.optim.min_lr)
                 scalars = model.before_step(epoch, cfg.optim.epochs)
                 weights = model.loss_weights(epoch, cfg.optim.epochs)
+                weight_decay = model.weight_decay(epoch, cfg.optim.epochs, cfg.optim.weight_decay)
                 losses = train_step(
                     trained, optimizer, scaler, images, maps, weights,
                     lr=lr, amp_dtype=amp_dtype, clip_grad=cfg.optim.clip_grad,
+                    clip_mode=cfg.optim.clip_mode, weight_decay=weight_decay,
+                    before_update=partial(model.before_update, epoch),
                 )
+                scalars.update(model.after_step(epoch, cfg.optim.epochs))
                 progress.step += 1
                 window.add(losses)
                 monitor.progress(1)
@@ -274,37 +282,6 @@ def build_model(cfg: PretrainConfig) -> Method:
 def build_optimizer(cfg: PretrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimiser of ``cfg.optim`` over ``model``'s trainable parameters."""
     return build_optimizer_from(cfg.optim, model)
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    images: list[torch.Tensor],
-    maps: list[torch.Tensor | None],
-    weights: dict[str, float],
-    *,
-    lr: float,
-    amp_dtype: torch.dtype | None,
-    clip_grad: float | None,
-) -> torch.Tensor:
-    """One optimisation step; returns the detached ``[loss, *named losses]`` (weights' order)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    device_type = images[0].device.type
-    with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        named = model(images, maps)
-    parts = [named[name].float() for name in weights]
-    loss = sum(weight * part for weight, part in zip(weights.values(), parts, strict=True))
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if clip_grad is not None:
-        scaler.unscale_(optimizer)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, clip_grad)
-    scaler.step(optimizer)
-    scaler.update()
-    return torch.stack([loss.detach(), *(part.detach() for part in parts)])
 
 
 def _seed_rank(seed: int, rank: int) -> None:

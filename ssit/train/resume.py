@@ -69,6 +69,7 @@ def save_run_checkpoint(
             "world_size": ctx.world_size,
             "method": cfg.method.name,
             "backbone": cfg.backbone.name,
+            "export_branch": model.export_branch,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,

@@ -37,6 +37,10 @@ STOPPED_LINE = re.compile(r"stopped at step (\d+) on request")
 # The scenarios run side by side on the machine's cores; on a busy 2-core machine they took up to
 # 7 minutes, so the deadline leaves room for that. The wait ends once every job has finished.
 RUNS_TIMEOUT_S = 900
+# DINO shrunk to the size of the tiny SSiT run: one block at 32 px, two local crops of 16 px.
+DINO_TINY = ("backbone.img_size=32", "backbone.kwargs={depth: 1}", "method.out_dim=64",
+             "method.head_hidden_dim=32", "method.head_bottleneck_dim=16",
+             "method.local_crops_size=16")
 # A dead rank must end the job within a couple of minutes.
 FAILURE_BOUND_S = 120
 
@@ -214,6 +218,10 @@ def finished_runs(
         # preemption path.
         "simclr_reference": scenario("simclr", config="simclr_demo_cpu"),
         "simclr_preempted": scenario("simclr-once", config="simclr_demo_cpu", preemptions=1),
+        # DINO: crops of two sizes, a centre buffer, a teacher updated after each step.
+        "dino_reference": scenario("dino", *DINO_TINY, config="dino_demo_cpu"),
+        "dino_preempted": scenario("dino-once", *DINO_TINY, config="dino_demo_cpu",
+                                   preemptions=1),
         "killed_rank": scenario("killed", kill_rank_1=True),
         # With a 3-minute limit every warning counts as the time limit (submitit counts a
         # warning after 80% of the limit or 10 minutes before it, whichever comes first).
@@ -261,7 +269,7 @@ def test_two_ranks_on_two_nodes_complete(finished_runs: Runs) -> None:
 
 @pytest.mark.parametrize("name,times,reference", [
     ("preempted_once", 1, "reference"), ("preempted_twice", 2, "reference"),
-    ("simclr_preempted", 1, "simclr_reference"),
+    ("simclr_preempted", 1, "simclr_reference"), ("dino_preempted", 1, "dino_reference"),
 ])
 def test_preempted_run_requeues_and_matches_the_uninterrupted_one(
     finished_runs: Runs, name: str, times: int, reference: str

@@ -22,7 +22,8 @@ from ssit.train.schedules import scaled_learning_rate
 
 PACKAGED = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "demo_tiny_cpu", "demo_ssit_cpu",
             "simclr_resnet50_eyepacs", "gravis_resnet50_eyepacs", "simclr_demo_cpu",
-            "gravis_demo_cpu", "msssl_demo_cpu", "msssl_vits16_r50_eyepacs")
+            "gravis_demo_cpu", "msssl_demo_cpu", "msssl_vits16_r50_eyepacs",
+            "dino_vits16_eyepacs", "dino_demo_cpu")
 
 
 def _demo(shards: Path, *overrides: str) -> PretrainConfig:
@@ -210,7 +211,7 @@ def test_method_and_backbone_pairs_that_cannot_work_are_refused(demo_shards):
     assert "is a transformer, not a CNN" in _refused(load_config(
         PretrainConfig, "simclr_demo_cpu",
         [f"data.shards={demo_shards}", "backbone.arch=vit_tiny_patch16_224"]))
-    with pytest.raises(ConfigError, match=r"'method.name' must be one of gravis, simclr, ssit"):
+    with pytest.raises(ConfigError, match=r"'method.name' must be one of dino, gravis, .*ssit"):
         _demo(demo_shards, "method.name=byol")
     with pytest.raises(ConfigError, match=r"'backbone.name' must be one of cnn, msssl_hybrid, vit"):
         _demo(demo_shards, "backbone.name=mlp")
