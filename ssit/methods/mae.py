@@ -33,10 +33,11 @@ MAE_VIEW = ViewAugmentation(
     rotation_p=0.0,
     hflip_p=0.5,
     vflip_p=0.0,
+    crop_interpolation="cubic",
 )
-"""MAE's pre-training view: random resized crop of scale 0.2-1 (aspect 3/4-4/3) and a
-horizontal flip with p 0.5; no colour operation, blur, rotation or vertical flip. MAE resizes
-bicubically; the pipeline's crop here is bilinear."""
+"""MAE's pre-training view: random resized crop of scale 0.2-1 (aspect 3/4-4/3), resampled
+bicubically, and a horizontal flip with p 0.5; no colour operation, blur, rotation or vertical
+flip."""
 
 NORM_PIX_EPS = 1e-6
 # MAE's norm layer, in the encoder's timm ViT as in its decoder.

@@ -301,6 +301,7 @@ def test_one_view_without_maps() -> None:
     assert (view.crop_scale, view.hflip_p, view.vflip_p, view.rotation_p) == ((0.2, 1.0), 0.5,
                                                                               0.0, 0.0)
     assert view.jitter_p == view.grayscale_p == view.blur_p == view.solarize_p == 0.0
+    assert view.crop_interpolation == "cubic" and model.views[0].size is None
     losses = model([torch.randn(2, 3, 64, 64)], [None])
     assert set(losses) == {"rec"} and torch.isfinite(losses["rec"])
     with pytest.raises(ValueError, match="needs 1 views"):
