@@ -1,6 +1,6 @@
 """Training-step throughput of every hosted method in its paper configuration.
 
-Each packaged paper configuration (SSiT, MoCo v3 and DINO on ViT-S/16, SimCLR and GraVIS on
+Each packaged paper configuration (SSiT, MoCo v3, DINO and MAE on ViT-S/16, SimCLR and GraVIS on
 ResNet-50, all at 224; DINO's 8 local crops at 96) is built as the loop builds it and timed
 on synthetic views: EMA hook, forward under the run's precision, weighted loss, backward,
 clipping, the optimiser step and the hook after it (DINO's teacher EMA). The per-rank batch is
@@ -27,11 +27,11 @@ from ssit.train.engine import build_model, build_optimizer, train_step
 logger = logging.getLogger(__name__)
 
 CONFIGS = ("ssit_vits16_eyepacs", "mocov3_vits16_eyepacs", "simclr_resnet50_eyepacs",
-           "gravis_resnet50_eyepacs", "dino_vits16_eyepacs")
+           "gravis_resnet50_eyepacs", "dino_vits16_eyepacs", "mae_vits16_eyepacs")
 CPU_IMAGES = 2
 GPU_IMAGES = {"ssit_vits16_eyepacs": 128, "mocov3_vits16_eyepacs": 128,
               "simclr_resnet50_eyepacs": 128, "gravis_resnet50_eyepacs": 16,
-              "dino_vits16_eyepacs": 64}
+              "dino_vits16_eyepacs": 64, "mae_vits16_eyepacs": 128}
 TIMED_STEPS = 2
 COMMAND = "python -m benchmarks.run --only methods   # or: python -m benchmarks.methods"
 

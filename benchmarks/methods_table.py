@@ -87,7 +87,8 @@ SCALES = {
 # method: (packaged config, overrides that make it that method). MoCo v3 is SSiT without
 # key-patch selection, masking or the saliency head. The methods whose papers scale the
 # learning rate linearly with the batch (SSiT, MoCo v3, SimCLR, MsSSL with the SSiT objective,
-# and DINO) do so here too: at the demo's small batches an unscaled rate ruins SSiT's features.
+# DINO and MAE) do so here too: at the demo's small batches an unscaled rate ruins SSiT's
+# features.
 METHODS = {
     "SSiT": ("demo_ssit_cpu", ()),
     "MoCo v3": ("demo_ssit_cpu", ("method.mask_ratio=0.0", "method.pool=null",
@@ -97,6 +98,7 @@ METHODS = {
     "MsSSL": ("msssl_demo_cpu", ("optim.scale_lr=true",)),
     # DINO's local crops keep the released 96/224 ratio of the global size (48 px at 96).
     "DINO": ("dino_demo_cpu", ("method.local_crops_size=48",)),
+    "MAE": ("mae_demo_cpu", ()),
 }
 HYBRID_METHODS = {"MsSSL"}  # their own backbone (ViT + CNN): only the ViT branch is shared
 

@@ -1,4 +1,4 @@
-"""Pre-training objectives by name: SSiT (and MoCo v3), SimCLR, GraVIS and DINO.
+"""Pre-training objectives by name: SSiT (and MoCo v3), SimCLR, GraVIS, DINO and MAE.
 
 A method is a :class:`~ssit.methods.base.Method`. Adding one is a module with a builder
 ``build_<name>(method_cfg, backbone_cfg) -> Method``, its options dataclass in
@@ -15,6 +15,7 @@ from ssit.methods.config import (
     METHOD_CONFIGS,
     DINOConfig,
     GraVISConfig,
+    MAEConfig,
     MethodConfig,
     SimCLRConfig,
     SSiTConfig,
@@ -26,6 +27,7 @@ METHODS: dict[str, str] = {
     "simclr": "ssit.methods.simclr:build_simclr",
     "gravis": "ssit.methods.gravis:build_gravis",
     "dino": "ssit.methods.dino:build_dino",
+    "mae": "ssit.methods.mae:build_mae",
 }
 
 
@@ -56,6 +58,7 @@ __all__ = [
     "METHOD_CONFIGS",
     "DINOConfig",
     "GraVISConfig",
+    "MAEConfig",
     "Method",
     "MethodConfig",
     "SSiTConfig",

@@ -274,9 +274,50 @@ class DINOConfig(MethodConfig):
         ]
 
 
+@dataclass
+class MAEConfig(MethodConfig):
+    """MAE (He et al., CVPR 2022): a ViT encoder sees a random quarter of the patches, a light
+    decoder reconstructs the pixels of the others.
+
+    ViT-S/16 has no released MAE decoder; the defaults (512 wide, 8 blocks, 16 heads) are the
+    ViT-B/L/H decoder of the released code, as other ViT-S reproductions use them.
+    ``norm_pix_loss`` normalises each target patch by its own mean and variance;
+    ``augmentation`` overrides fields of the view recipe (see ``ssit.methods.mae``).
+    """
+
+    name: str = "mae"
+    mask_ratio: float = 0.75
+    decoder_embed_dim: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 16
+    norm_pix_loss: bool = True
+    augmentation: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, backbone: BackboneConfig) -> None:
+        check_augmentation_overrides("method.augmentation", self.augmentation)
+        if backbone.name != "vit":
+            raise ValueError(f"method mae needs backbone.name=vit (it masks ViT patches), got "
+                             f"backbone.name={backbone.name}")
+        if self.decoder_embed_dim % 4:
+            raise ValueError("method.decoder_embed_dim must be divisible by 4 (its sine-cosine "
+                             f"position embedding), got {self.decoder_embed_dim}")
+        if self.decoder_num_heads > 0 and self.decoder_embed_dim % self.decoder_num_heads:
+            raise ValueError(f"method.decoder_num_heads={self.decoder_num_heads} must divide "
+                             f"method.decoder_embed_dim={self.decoder_embed_dim}")
+
+    def range_checks(self) -> list[RangeCheck]:
+        return [
+            ("method.mask_ratio", self.mask_ratio, 0 < self.mask_ratio < 1, "in (0, 1)"),
+            positive("method.decoder_embed_dim", self.decoder_embed_dim),
+            positive("method.decoder_depth", self.decoder_depth),
+            positive("method.decoder_num_heads", self.decoder_num_heads),
+        ]
+
+
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {
     "ssit": SSiTConfig,
     "simclr": SimCLRConfig,
     "gravis": GraVISConfig,
     "dino": DINOConfig,
+    "mae": MAEConfig,
 }
