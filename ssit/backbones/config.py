@@ -7,12 +7,16 @@ so launchers can load and check configurations quickly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssit.backbones.names import timm_architecture, timm_backbone_name
 from ssit.validators import RangeCheck, positive, strictly_increasing, whole_number
+
+# timm names a ViT's patch side in its architecture name (vit_small_patch16_224).
+_PATCH_IN_NAME = re.compile(r"patch(\d+)")
 
 # Largest input side accepted: a ViT-S/16 step at 4096 pixels already holds 65536 tokens per
 # image, past what attention fits in a GPU's memory for any useful batch.
@@ -39,6 +43,9 @@ class BackboneConfig:
     def range_checks(self) -> list[RangeCheck]:
         """``(key, value, ok, expected)`` for every option with a valid range."""
         return [whole_number("backbone.img_size", self.img_size, 16, MAX_IMG_SIZE)]
+
+    def check(self) -> None:
+        """Raise ValueError (one line) for options that do not fit together; none by default."""
 
 
 def timm_kwargs_checks(key: str, kwargs: Mapping[str, Any]) -> list[RangeCheck]:
@@ -88,6 +95,23 @@ class ViTConfig(TimmBackboneConfig):
     @property
     def uses_tokens(self) -> bool:
         return True
+
+    @property
+    def patch_size(self) -> int | None:
+        """The patch side: ``kwargs.patch_size``, else the ``patchN`` of timm's name (None if
+        neither says, e.g. a model named without it)."""
+        given = self.kwargs.get("patch_size")
+        if isinstance(given, int) and not isinstance(given, bool):
+            return given
+        found = _PATCH_IN_NAME.search(self.arch)
+        return int(found.group(1)) if found else None
+
+    def check(self) -> None:
+        """Raise ValueError (one line) when ``img_size`` does not cut into whole patches."""
+        patch = self.patch_size
+        if patch and self.img_size % patch:
+            raise ValueError(f"input size {self.img_size} is not divisible by the patch size "
+                             f"{patch} of {self.arch}")
 
     def range_checks(self) -> list[RangeCheck]:
         return [*super().range_checks(), timm_kind("backbone.arch", self.arch, "vit")]

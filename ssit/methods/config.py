@@ -244,6 +244,10 @@ class DINOConfig(MethodConfig):
         if "drop_path_rate" in getattr(backbone, "kwargs", {}):
             raise ValueError("set the student's drop path with method.drop_path_rate, not "
                              "backbone.kwargs.drop_path_rate (the teacher has none)")
+        patch = getattr(backbone, "patch_size", None)
+        if patch and self.local_crops_size % patch:
+            raise ValueError(f"local_crops_size {self.local_crops_size} is not a multiple of the "
+                             f"patch size {patch}")
         for key in ("global_crops_scale", "local_crops_scale"):
             low, high = getattr(self, key)
             if not 0 < low <= high <= 1:
@@ -304,6 +308,12 @@ class MAEConfig(MethodConfig):
         if self.decoder_num_heads > 0 and self.decoder_embed_dim % self.decoder_num_heads:
             raise ValueError(f"method.decoder_num_heads={self.decoder_num_heads} must divide "
                              f"method.decoder_embed_dim={self.decoder_embed_dim}")
+        patch = getattr(backbone, "patch_size", None)
+        if patch and 0 < self.mask_ratio < 1:
+            grid = backbone.img_size // patch
+            if int(grid * grid * (1 - self.mask_ratio)) < 1:
+                raise ValueError(f"method.mask_ratio={self.mask_ratio} keeps no patch of the "
+                                 f"{grid}x{grid} grid")
 
     def range_checks(self) -> list[RangeCheck]:
         return [

@@ -188,6 +188,7 @@ def validate_pretrain_config(cfg: PretrainConfig, world_size: int) -> None:
     per_rank = cfg.batch_size_per_rank(world_size)
     _check_step_size(cfg, per_rank)
     try:
+        cfg.backbone.check()
         cfg.method.check(cfg.backbone)
     except ValueError as error:
         raise _unusable_method(cfg, error) from None

@@ -367,10 +367,13 @@ def test_the_launcher_refuses_bad_mae_options_in_one_line(demo_shards, tmp_path,
         ("method.decoder_num_heads=3",
          "method.decoder_num_heads=3 must divide method.decoder_embed_dim=128"),
         ("method.mask_ratio=1.5", "config key 'method.mask_ratio' must be in (0, 1), got 1.5"),
-        ("backbone.name=cnn", "method mae needs backbone.name=vit"),
+        ("backbone.name=cnn backbone.arch=resnet18 backbone.kwargs={}",
+         "method mae needs backbone.name=vit"),
+        ("backbone.img_size=100", "input size 100 is not divisible by the patch size 16"),
     ]:
         status = launcher.main(["--cpu", "--dry-run", "--config", "mae_demo_cpu", "--output",
-                                str(tmp_path / "run"), f"data.shards={demo_shards}", override])
+                                str(tmp_path / "run"), f"data.shards={demo_shards}",
+                                *override.split()])
         captured = capsys.readouterr()
         assert status == 2 and captured.out == ""
         assert captured.err.startswith("error: ") and captured.err.count("\n") == 1

@@ -208,8 +208,10 @@ def test_model_problems_are_refused(demo_shards):
         "got 'vit_huge_imaginary'")
     assert _refused(_demo(demo_shards, "backbone.arch=resnet18")) == (
         "config key 'backbone.arch' must be a timm VisionTransformer, got 'resnet18'")
-    assert "not divisible by the patch size 16" in _refused_at_build(
+    assert "input size 72 is not divisible by the patch size 16" in _refused(
         _demo(demo_shards, "backbone.img_size=72"))
+    assert "not divisible by the patch size 12" in _refused(
+        _demo(demo_shards, "backbone.kwargs={depth: 2, patch_size: 12}"))
     assert "depthh" in _refused_at_build(_demo(demo_shards, "backbone.kwargs={depthh: 2}"))
     check_method_builds(_demo(demo_shards))
     message = _refused(_demo(demo_shards, "method.segmentation=false"))
