@@ -43,6 +43,7 @@ def test_section_gives_mean_and_sample_spread_per_protocol() -> None:
         "| GraVIS | failed | failed | - |",
     ]
     assert "Whole table: 12.2 min, of which 1.5 min making the two sets" in text
+    assert "The floors are graded with `encoder.refresh_batchnorm=true`" in text
     assert "--scale cpu " in text
 
 
@@ -62,4 +63,10 @@ def test_smoke_setting_pretrains_and_grades_every_method(tmp_path) -> None:
     assert "mobilenetv3_small_100" in msssl and "depth: 4" in msssl
     floor = json.loads((tmp_path / "random-msssl-seed0" / "grade" / "summary.json").read_text())
     assert {job["backbone"] for job in floor} == {"msssl_hybrid"}
+    # the hybrid floor is graded with its BatchNorm statistics refreshed, the trained one as is
+    assert all(job["batchnorm_refreshed"] > 0 for job in floor)
+    trained = json.loads((tmp_path / "msssl-seed0" / "grade" / "summary.json").read_text())
+    assert {job["batchnorm_refreshed"] for job in trained} == {0}
+    vit_floor = json.loads((tmp_path / "random-seed0" / "grade" / "summary.json").read_text())
+    assert {job["batchnorm_refreshed"] for job in vit_floor} == {0}
     assert (tmp_path / "random-msssl-seed0" / "pretrain" / "initial.pt").is_file()

@@ -63,6 +63,10 @@ class EncoderConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm create_model kwargs
     # timm:<name>=<file> weights that do not fill the model: load what fits, log what stays random
     allow_partial_load: bool = False
+    # Before grading, re-estimate the encoder's BatchNorm running statistics on the training
+    # split's images (no augmentation, no gradient, weights unchanged): a random CNN's floor
+    # then gets the same calibration as a pre-trained one. Nothing to do for a ViT.
+    refresh_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if not self.checkpoint:

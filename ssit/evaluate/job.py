@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ssit.config import save_config
 from ssit.evaluate.architecture import resolve_encoder
+from ssit.evaluate.batchnorm import batchnorm_layers, refresh_batchnorm
 from ssit.evaluate.config import GradeConfig
 from ssit.evaluate.datasets import GradingDataset, class_counts, load_grading_data
 from ssit.evaluate.encoder import (
@@ -40,7 +41,7 @@ from ssit.evaluate.inference import collect_outputs
 from ssit.evaluate.knn import extract_pooled_features, knn_grade
 from ssit.evaluate.layouts import SPLITS, GradedImage
 from ssit.evaluate.metrics import grades_from_scores
-from ssit.evaluate.precision import resolve_device
+from ssit.evaluate.precision import autocast, resolve_device
 from ssit.evaluate.report import draw_confusion_matrix, json_ready, result_table, write_json
 from ssit.evaluate.semisup import run_semisup
 from ssit.evaluate.subsets import write_voets_split
@@ -82,6 +83,8 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
         save_config(cfg, out_dir / "config.yaml")
         backbone = create_encoder(cfg.encoder, source).to(device)
         del source
+        refreshed = (_refresh_batchnorm(cfg, backbone, splits["train"], device, precision)
+                     if cfg.encoder.refresh_batchnorm else 0)
         if cfg.train.protocol == "semisup":
             def make_loader(items, transform, batch_size, shuffle):
                 return _loader(items, transform, batch_size, shuffle, cfg, device)
@@ -101,6 +104,7 @@ def run_grading(cfg: GradeConfig, out_dir: str | Path) -> dict[str, Any]:
             "backbone": cfg.encoder.backbone,
             "arch": cfg.encoder.arch,
             "img_size": cfg.encoder.img_size,
+            "batchnorm_refreshed": refreshed,
             "data": cfg.data.path,
             "class_counts": {name: class_counts(items)
                              for name, items in {**splits, **test_sets}.items()},
@@ -138,6 +142,31 @@ class GradingJob(submitit.helpers.Checkpointable):
         # The job owns its folder while it runs: a second job into it is refused.
         with hold_run_folder(self.out_dir):
             return run_grading(self.cfg, self.out_dir)
+
+
+def _refresh_batchnorm(
+    cfg: GradeConfig, backbone: Encoder, train: Sequence[GradedImage], device: torch.device,
+    precision: str,
+) -> int:
+    """Refresh the encoder's BatchNorm statistics on the un-augmented training images, in
+    shuffled batches of ``train.eval_batch_size``; the number of layers refreshed."""
+    layers = len(batchnorm_layers(backbone.model))
+    if layers == 0:
+        LOGGER.info("encoder.refresh_batchnorm: the %s encoder has no BatchNorm layer, nothing "
+                    "to refresh", cfg.encoder.backbone)
+        return 0
+    plain = eval_transform(cfg.encoder.img_size, cfg.data.mean, cfg.data.std)
+    loader = _loader(train, plain, cfg.train.eval_batch_size, True, cfg, device)
+
+    def forward(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        with autocast(device, precision):
+            return backbone.kind.grading_features(backbone.model,
+                                                  batch[0].to(device, non_blocking=True))
+
+    batches = refresh_batchnorm(backbone.model, loader, forward)
+    LOGGER.info("encoder.refresh_batchnorm: running statistics of %d BatchNorm layers "
+                "re-estimated on %d training batches", layers, batches)
+    return layers
 
 
 def _run_regression(
