@@ -16,8 +16,6 @@ ranks before it queues the job.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -36,6 +34,11 @@ import numpy as np
 from ssit.atomic_write import replace_json
 from ssit.backbones.checkpoint_error import CheckpointError
 from ssit.error_text import first_line
+from ssit.train.checkpoint_space import (
+    estimated_checkpoint_bytes,
+    is_out_of_space,
+    no_space_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,6 @@ _TEMP_PREFIX = ".checkpoint-"
 _TRAILER_TAG = b"\nssit-sha256:"
 _TRAILER_SIZE = len(_TRAILER_TAG) + 64 + 1
 ZIP_MAGIC = b"PK\x03\x04"
-# Room kept free beyond the checkpoint's estimated size (zip headers, pickled metadata, file
-# system blocks).
-_SPACE_MARGIN = 1.02
-_SPACE_SLACK_BYTES = 4 * 2**20
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -96,7 +95,7 @@ def save_checkpoint(state: Mapping[str, Any], directory: str | Path, keep: int) 
     _make_room(existing, final, keep)
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise CheckpointError(_no_space_message(final, needed, free, keep))
+        raise CheckpointError(no_space_message(final, needed, free, keep, _kept_beside(final)))
     temporary = directory / f"{_TEMP_PREFIX}{final.stem[len('checkpoint-'):]}.pt.tmp-{os.getpid()}"
     try:
         with open(temporary, "wb") as stream:
@@ -108,9 +107,10 @@ def save_checkpoint(state: Mapping[str, Any], directory: str | Path, keep: int) 
         os.replace(temporary, final)
     except (OSError, RuntimeError) as error:
         temporary.unlink(missing_ok=True)
-        if _is_out_of_space(error, directory, needed):
+        if is_out_of_space(error, directory, needed):
             free = shutil.disk_usage(directory).free
-            raise CheckpointError(_no_space_message(final, needed, free, keep)) from None
+            raise CheckpointError(
+                no_space_message(final, needed, free, keep, _kept_beside(final))) from None
         raise
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -127,6 +127,11 @@ def rotate_checkpoints(directory: str | Path, keep: int) -> list[Path]:
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+def _kept_beside(final: Path) -> int:
+    """How many checkpoints other than ``final`` its folder holds."""
+    return len([path for path in list_checkpoints(final.parent) if path != final])
 
 
 def _make_room(existing: list[Path], final: Path, keep: int) -> None:
@@ -233,66 +238,6 @@ def verify_checksum(path: str | Path) -> bool:
         raise CheckpointError(f"{path.name} is damaged: its contents do not match the checksum "
                               "saved with it (a disk or copy error changed it)")
     return True
-
-
-def estimated_checkpoint_bytes(state: Mapping[str, Any], existing: list[Path] = ()) -> int:
-    """Bytes a checkpoint of ``state`` will take: its tensors' storages (counted once each),
-    or the newest of the ``existing`` checkpoints if that is larger, plus a margin."""
-    import torch
-
-    storages: dict[tuple[int, str], int] = {}
-
-    def visit(value: Any) -> None:
-        if isinstance(value, torch.Tensor):
-            storage = value.untyped_storage()
-            storages[(storage.data_ptr(), str(value.device))] = storage.nbytes()
-        elif isinstance(value, Mapping):
-            for item in value.values():
-                visit(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    visit(state)
-    estimate = sum(storages.values())
-    if existing:
-        with contextlib.suppress(OSError):
-            estimate = max(estimate, existing[-1].stat().st_size)
-    return int(estimate * _SPACE_MARGIN) + _SPACE_SLACK_BYTES
-
-
-def _no_space_message(final: Path, needed: int, free: int, keep: int) -> str:
-    kept = len([path for path in list_checkpoints(final.parent) if path != final])
-    if kept > 1:
-        advice = ("free space there or lower checkpoint.keep (a save first deletes the oldest "
-                  "checkpoints beyond checkpoint.keep - 1)")
-    else:
-        advice = ("free space there (lowering checkpoint.keep frees nothing: the newest "
-                  "complete checkpoint stays until the new one is written)")
-    return (
-        f"No space left on device for {final.name} in {final.parent}: a checkpoint needs about "
-        f"{_megabytes(needed)} and {_megabytes(free)} are free, beside the {kept} checkpoint(s) "
-        f"kept while it is written (checkpoint.keep={keep}): {advice}"
-    )
-
-
-def _megabytes(count: int) -> str:
-    return f"{count / 2**20:.0f} MB" if count >= 2**20 else f"{count / 2**20:.2f} MB"
-
-
-def _is_out_of_space(error: BaseException, directory: Path, needed: int) -> bool:
-    """True when a failed write ran out of room (torch hides ENOSPC behind its own errors)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    try:
-        return shutil.disk_usage(directory).free < needed
-    except OSError:
-        return False
 
 
 class _HashingWriter:
