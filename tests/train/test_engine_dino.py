@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 from ssit.backbones.extract import backbone_state_dict
@@ -82,3 +83,7 @@ def test_export_and_grading_read_the_teacher_by_default(runs, tmp_path):
     assert torch.equal(load_file(str(out))["pos_embed"], state["momentum_encoder.pos_embed"])
     student = export_backbone(path, tmp_path / "student.safetensors", branch="query")
     assert torch.equal(load_file(str(student))["pos_embed"], state["base_encoder.pos_embed"])
+    teacher = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0,
+                                pretrained_cfg_overlay={"file": str(out)}, img_size=32, depth=1)
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, state[f"momentum_encoder.{key}"]), key
