@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,17 @@ class SlurmCluster:
             if "JobId" in fields:
                 jobs[fields["JobId"]] = fields
         return jobs
+
+    def wait_for_end(self, job_id: str, timeout_s: float = 300, poll_s: float = 0.5) -> str:
+        """The state job ``job_id`` ended in; fails the test if it is still going after
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.job_fields().get(job_id, {}).get("JobState", "")
+            if state in FINISHED_STATES:
+                return state
+            time.sleep(poll_s)
+        pytest.fail(f"job {job_id} unfinished after {timeout_s}s")
 
 
 def _free_port_base(count: int) -> int:

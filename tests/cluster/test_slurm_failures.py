@@ -3,7 +3,6 @@ checkpoints are all unreadable is never trained again from step 0 without --rest
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ import pytest
 from ssit.train.checkpoint import checkpoint_path
 from tests.cluster.conftest import (
     EPOCHS,
-    FINISHED_STATES,
     STEPS_PER_EPOCH,
     SlurmCluster,
     run_launcher,
@@ -21,23 +19,11 @@ from tests.cluster.conftest import (
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-JOB_TIMEOUT_S = 300
-
 
 def launch(cluster: SlurmCluster, shards: Path, run_dir: Path, *extra: str):
     return run_launcher(["--cpu", "--nodes", "2", "--config", "demo_tiny_cpu", "--time", "15",
                          "--output", str(run_dir), *extra, *tiny_overrides(shards)],
                         env=cluster.env)
-
-
-def wait_for_job(cluster: SlurmCluster, job_id: str) -> str:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        state = cluster.job_fields().get(job_id, {}).get("JobState", "")
-        if state in FINISHED_STATES:
-            return state
-        time.sleep(1.0)
-    pytest.fail(f"job {job_id} unfinished after {JOB_TIMEOUT_S}s")
 
 
 def test_unreadable_checkpoints_fail_in_log_txt_then_need_restart(
@@ -54,7 +40,7 @@ def test_unreadable_checkpoints_fail_in_log_txt_then_need_restart(
     assert done.returncode == 0, done.stderr
     assert f"follow the log: tail -f {run_dir / 'log.txt'}" in done.stdout
     job_id = submitted_job_id(done.stdout)
-    assert wait_for_job(slurm_cluster, job_id) == "FAILED"
+    assert slurm_cluster.wait_for_end(job_id) == "FAILED"
     log_text = (run_dir / "log.txt").read_text()
     stderr = run_dir / "submitit" / f"{job_id}_0_log.err"
     failures = [line for line in log_text.splitlines() if "rank 0 ERROR the job failed" in line]
@@ -79,6 +65,6 @@ def test_unreadable_checkpoints_fail_in_log_txt_then_need_restart(
     restarted = launch(slurm_cluster, demo_shards, run_dir, "--restart")
     assert restarted.returncode == 0, restarted.stderr
     assert f"restarting pre-training in {run_dir} from step 0" in restarted.stdout
-    assert wait_for_job(slurm_cluster, submitted_job_id(restarted.stdout)) == "COMPLETED"
+    assert slurm_cluster.wait_for_end(submitted_job_id(restarted.stdout)) == "COMPLETED"
     assert f"pre-training complete: {EPOCHS * STEPS_PER_EPOCH} steps" in \
         (run_dir / "log.txt").read_text()

@@ -4,7 +4,6 @@ second submission, naming the job; once the job ended the folder is free again."
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 from ssit.train.checkpoint import list_checkpoints
 from ssit.train.run_owner import read_owner
 from tests.cluster.conftest import (
-    FINISHED_STATES,
     SlurmCluster,
     run_launcher,
     submitted_job_id,
@@ -21,8 +19,6 @@ from tests.cluster.conftest import (
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-JOB_TIMEOUT_S = 300
-
 
 def launch(cluster: SlurmCluster, shards: Path, run_dir: Path, *extra: str):
     """Submit the tiny two-node run, made long (200 epochs) so that it is still queued or
@@ -30,16 +26,6 @@ def launch(cluster: SlurmCluster, shards: Path, run_dir: Path, *extra: str):
     return run_launcher(["--cpu", "--nodes", "2", "--config", "demo_tiny_cpu", "--time", "15",
                          "--output", str(run_dir), *extra, *tiny_overrides(shards),
                          "optim.epochs=200"], env=cluster.env)
-
-
-def wait_for_end(cluster: SlurmCluster, job_id: str) -> str:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        state = cluster.job_fields().get(job_id, {}).get("JobState", "")
-        if state in FINISHED_STATES:
-            return state
-        time.sleep(0.5)
-    pytest.fail(f"job {job_id} unfinished after {JOB_TIMEOUT_S}s")
 
 
 def test_second_submission_into_a_live_job_is_refused_naming_it(
@@ -63,7 +49,7 @@ def test_second_submission_into_a_live_job_is_refused_naming_it(
     assert set(slurm_cluster.job_fields()) == jobs_before  # nothing was submitted
 
     slurm_cluster.command("scancel", job_id)
-    assert wait_for_end(slurm_cluster, job_id) == "CANCELLED"
+    assert slurm_cluster.wait_for_end(job_id) == "CANCELLED"
     # The cancelled job's record is stale: the folder is taken over (from step 0 if the job
     # was cancelled after it started training but before its first checkpoint).
     restart = ((run_dir / "config.yaml").is_file()
@@ -73,4 +59,4 @@ def test_second_submission_into_a_live_job_is_refused_naming_it(
     resubmitted = submitted_job_id(third.stdout)
     assert resubmitted != job_id and read_owner(run_dir).jobs == (resubmitted,)
     slurm_cluster.command("scancel", resubmitted)
-    wait_for_end(slurm_cluster, resubmitted)
+    slurm_cluster.wait_for_end(resubmitted)
