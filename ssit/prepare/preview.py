@@ -74,8 +74,20 @@ def _decode_sample(sample: dict[str, Any]) -> SampleImages:
         raise PrepareError(f"sample {key!r} has an undecodable jpg or sal.png")
     grade: int | str | None = read_grade_member(sample["cls"], key) if "cls" in sample else None
     if grade is None and "json" in sample:
-        grade = json.loads(sample["json"]).get("grade")
+        grade = _grade_in_metadata(sample["json"], key)
     return SampleImages(key, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), saliency, grade)
+
+
+def _grade_in_metadata(data: bytes, key: str) -> int | str | None:
+    """The ``grade`` of a sample's ``json`` member; PrepareError if the member is not a JSON
+    object."""
+    try:
+        metadata = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise PrepareError(f"sample {key!r} has a json member that is not valid JSON") from None
+    if not isinstance(metadata, dict):
+        raise PrepareError(f"sample {key!r} has a json member that is not a JSON object")
+    return metadata.get("grade")
 
 
 def read_samples(shards: str | Path | Sequence[str | Path], n: int) -> list[SampleImages]:

@@ -181,3 +181,25 @@ def test_preview_names_a_sample_with_a_bad_grade(tmp_path, capsys, cls, message)
                  str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err
     assert "sample eye7" in err and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("metadata", "message"), [
+    (b"{not json", "json member that is not valid JSON"),
+    (b"\xff\xfe", "json member that is not valid JSON"),
+    (b"[1, 2]", "json member that is not a JSON object"),
+])
+def test_preview_names_a_sample_with_bad_metadata(tmp_path, capsys, metadata, message):
+    from ssit.cli import main
+
+    image = np.full((32, 32, 3), 80, np.uint8)
+    members = {"json": metadata, "jpg": cv2.imencode(".jpg", image)[1].tobytes(),
+               "sal.png": cv2.imencode(".png", image[..., 0])[1].tobytes()}
+    with tarfile.open(tmp_path / "p-000000.tar", "w") as tar:
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"eye7.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert main(["preview", str(tmp_path / "p-000000.tar"), "--out",
+                 str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert "sample 'eye7'" in err and message in err and len(err.strip().splitlines()) == 1
