@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,9 @@ class Scale:
     hybrid: tuple[str, ...]  # the same for the hybrid methods: their ViT branch, their CNN
     grade_overrides: tuple[str, ...]
     random_encoder: tuple[str, ...] = ()  # the floor's architecture, where not grade_demo_cpu's
+    # method -> overrides of its paper recipe at this setting (chosen on the validation split
+    # by benchmarks.methods_sweep); the table names each of them
+    method_changes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def section_key(self) -> str:
@@ -163,7 +166,7 @@ def _pretrain_plan(scale: Scale, method: str, seed: int, shards: Path, run: Path
         "--local", *(["--cpu"] if scale.cpu else []), "--config", config, "--output", str(run),
         f"data.shards={shards}", f"seed={seed}", f"optim.epochs={scale.epochs}",
         "optim.warmup_epochs=1", "log.progress_bar=false", "log.image_every_steps=null",
-        *overrides, *backbone]))
+        *overrides, *backbone, *scale.method_changes.get(method, ())]))
 
 
 def _pretrain(scale: Scale, method: str, seed: int, run: Path, *, shards: Path) -> str:
@@ -199,7 +202,7 @@ def _initial_checkpoint(scale: Scale, method: str, seed: int, run: Path, *,
 def _grade(scale: Scale, checkpoint: str, seed: int, shards: Path, run: Path,
            overrides: tuple[str, ...] = ()) -> dict:
     """Plan the jobs as ``launch/grade.py --local`` would (with ``overrides``), then grade
-    here; kappa per protocol."""
+    here; validation and test kappa per protocol (of the setting chosen on validation)."""
     from ssit.evaluate.job import run_grading
     from ssit.evaluate.submit import add_grade_arguments, plan_grading, write_summary
 
@@ -214,7 +217,8 @@ def _grade(scale: Scale, checkpoint: str, seed: int, shards: Path, run: Path,
     plan = plan_grading(args)
     results = [run_grading(task.config, task.out_dir) for task in plan.tasks]
     write_summary(plan.run_dir, results)
-    return {job["protocol"]: job["test"][job["selected"]]["kappa"] for job in results}
+    return {job["protocol"]: {split: job[split][job["selected"]]["kappa"]
+                              for split in ("val", "test")} for job in results}
 
 
 def _slug(method: str) -> str:
@@ -274,7 +278,7 @@ def run(scale: Scale | None = None, work: Path | None = None) -> str:
             minutes[name].append(((trained - clock) / 60, (time.perf_counter() - trained) / 60))
             logger.info("%s seed %d: %s", name, seed, graded)
             for protocol in PROTOCOLS:
-                kappas[name][protocol].append(graded[protocol])
+                kappas[name][protocol].append(graded[protocol]["test"])
     total_min = (time.perf_counter() - started) / 60
     floors = {name for name, _, _, floor in rows if floor}
     return format_section(scale, kappas, minutes, floors, sets_min, total_min)
@@ -305,16 +309,19 @@ def format_section(scale: Scale, kappas: dict[str, dict[str, list[float]]],
         "calibration they bring is not credited to pre-training (the ViT has none). Whole table: "
         f"{total_min:.1f} min, of which {sets_min:.1f} min making the two sets.",
         "",
-        "| encoder | kNN kappa | linear kappa | min per seed (pre-train + grade) |",
-        "| --- | --- | --- | --- |",
+        "| encoder | kNN kappa | linear kappa | min per seed (pre-train + grade) | "
+        "changes from the paper recipe at this setting |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, by_protocol in kappas.items():
         runs = minutes[name]
         pretrain_min = statistics.mean(m for m, _ in runs) if runs else 0.0
         grade_min = statistics.mean(m for _, m in runs) if runs else 0.0
         spent = f"{grade_min:.1f}" if name in floors else f"{pretrain_min:.1f} + {grade_min:.1f}"
+        changes = " ".join(f"`{change}`" for change in scale.method_changes.get(name, ()))
         lines.append(f"| {name} | {_cell(by_protocol['knn'], seeds)} | "
-                     f"{_cell(by_protocol['linear'], seeds)} | {spent if runs else '-'} |")
+                     f"{_cell(by_protocol['linear'], seeds)} | {spent if runs else '-'} | "
+                     f"{changes or '-'} |")
     return "\n".join(lines)
 
 
