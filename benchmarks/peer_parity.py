@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from benchmarks.methods_table import (
@@ -53,6 +54,7 @@ DEFAULT_SETTING = "mild"
 # Our loop then writes every step's loss to TensorBoard (logging only; training is the same).
 EVERY_STEP = ("log.every_steps=1",)
 SEED = 0
+PROTOCOL_NAMES = {"knn": "kNN", "linear": "linear"}
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,8 @@ def format_section(setting: str, scale: Scale, overrides: dict[str, tuple[str, .
         f"scale `{scale.name}` ({scale.pretrain_images} pre-training images, {scale.epochs} "
         f"epoch(s), the first a warm-up, backbone `{' '.join(scale.backbone)}`), seed {SEED}; "
         f"overrides: {changed}. Ours: the methods table's plan and our loop. Peer "
-        "(`benchmarks/peer_training.py`): lightly 1.6's projection heads and losses "
+        f"(`benchmarks/peer_training.py`): lightly {version('lightly')}'s projection heads "
+        "and losses "
         "(`SimCLRProjectionHead` without BatchNorm, `NTXentLoss`; `DINOProjectionHead`, "
         "`DINOLoss`, `update_momentum`, `cosine_schedule`) in a plain AdamW loop with the same "
         "learning rate, weight decay, clipping and schedules, from the same initial weights "
@@ -199,7 +202,7 @@ def format_section(setting: str, scale: Scale, overrides: dict[str, tuple[str, .
     ]
     for parity in parities:
         lines += _method_table(parity)
-    lines += ["| encoder | " + " | ".join(f"{p} kappa" for p in PROTOCOLS) + " |",
+    lines += ["| encoder | " + " | ".join(f"{PROTOCOL_NAMES[p]} kappa" for p in PROTOCOLS) + " |",
               "| --- | " + " | ".join("---" for _ in PROTOCOLS) + " |"]
     for (row, side), graded in kappas.items():
         cells = " | ".join(f"{graded[p]:.3f}" for p in PROTOCOLS)

@@ -35,6 +35,7 @@ from ssit.backbones.vit import vit_pooled_any_size
 from ssit.config import config_to_dict
 from ssit.data.pipeline import PretrainPipeline
 from ssit.methods import create_method
+from ssit.train.checkpoint import save_checkpoint
 from ssit.train.config import REFERENCE_BATCH_SIZE, PretrainConfig, resolve_precision
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp32": None}
@@ -282,14 +283,12 @@ def train_peer(cfg: PretrainConfig, run_dir: Path) -> PeerRun:
 
 
 def _save(peer: PeerSimCLR | PeerDINO, cfg: PretrainConfig, run_dir: Path, step: int) -> Path:
-    """The peer's backbones under our branch prefixes, with the run's config: a checkpoint
-    that our grading and ``ssit export`` read like one of ours."""
+    """The peer's backbones under our branch prefixes, with the run's config, written (with its
+    checksum) as our loop writes checkpoints: grading and ``ssit export`` read it like ours."""
     state = {prefix + key: value.detach().cpu().clone()
              for prefix, backbone in peer.backbones().items()
              for key, value in backbone.state_dict().items()}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "peer.pt"
-    torch.save({"step": step, "method": cfg.method.name, "backbone": cfg.backbone.name,
-                "export_branch": peer.export_branch, "model": state,
-                "config": config_to_dict(cfg)}, path)
-    return path
+    return save_checkpoint({"step": step, "method": cfg.method.name,
+                            "backbone": cfg.backbone.name, "export_branch": peer.export_branch,
+                            "model": state, "config": config_to_dict(cfg)},
+                           run_dir / "checkpoints", keep=1)

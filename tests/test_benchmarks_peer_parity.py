@@ -135,6 +135,7 @@ def test_smoke_trainings_of_ours_and_the_peer_agree(demo_shards, tmp_path) -> No
     simclr = epoch_means(parities[0].ours, 3)[0]
     assert f"| 1 | {simclr:.4f} |" in text
     assert "overrides: SimCLR: `method.temperature=0.2`." in text
+    assert "| encoder | kNN kappa | linear kappa |" in text
     assert "| SimCLR (ours) | 0.100 | 0.200 |" in text
     assert "| random encoder (floor) | 0.000 | -0.050 |" in text
     assert "--setting smoke --out BENCHMARKS.md" in text and "Whole run: 1.2 min" in text
