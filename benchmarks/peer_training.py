@@ -104,10 +104,12 @@ class PeerSimCLR(nn.Module):
         self.criterion = NTXentLoss(temperature=method.temperature)
 
     def loss(self, views: list[torch.Tensor], epoch: float) -> torch.Tensor:
+        """NT-Xent of the two views' projections (one backbone call for both)."""
         z0, z1 = self.head(self.backbone(torch.cat(views))).chunk(2)
         return self.criterion(z0, z1)
 
     def weight_decay(self, step: int, total_steps: int, base: float) -> float:
+        """SimCLR keeps the configured weight decay."""
         return base
 
     def before_update(self, epoch: float) -> None:
@@ -117,6 +119,7 @@ class PeerSimCLR(nn.Module):
         """SimCLR has no momentum encoder."""
 
     def backbones(self) -> dict[str, nn.Module]:
+        """The backbone under our checkpoint prefix."""
         return {"base_encoder.": self.backbone}
 
 
@@ -173,6 +176,8 @@ class PeerDINO(nn.Module):
         return torch.cat(features)
 
     def loss(self, views: list[torch.Tensor], epoch: float) -> torch.Tensor:
+        """lightly's DINO loss (teacher on the two global crops, student on all); it moves
+        lightly's centre and takes the teacher temperature of the whole ``epoch``."""
         student = self.student_head(self._features(self.student_backbone, views))
         with torch.no_grad():
             teacher = self.teacher_head(self._features(self.teacher_backbone, views[:2]))
@@ -180,17 +185,22 @@ class PeerDINO(nn.Module):
                               epoch=int(epoch))
 
     def weight_decay(self, step: int, total_steps: int, base: float) -> float:
+        """Cosine from ``base`` to ``method.weight_decay_end`` over the run."""
         return _cosine(step, total_steps, base, self.cfg.weight_decay_end)
 
     def before_update(self, epoch: float) -> None:
+        """No update of the student's last layer during the first ``freeze_last_layer``
+        epochs."""
         self.student_head.cancel_last_layer_gradients(int(epoch))
 
     def after_update(self, step: int, total_steps: int) -> None:
+        """EMA of the teacher, momentum along a cosine from ``momentum_teacher`` to 1."""
         momentum = _cosine(step, total_steps, self.cfg.momentum_teacher, 1.0)
         update_momentum(self.student_backbone, self.teacher_backbone, momentum)
         update_momentum(self.student_head, self.teacher_head, momentum)
 
     def backbones(self) -> dict[str, nn.Module]:
+        """Student and teacher backbones under our checkpoint prefixes."""
         return {"base_encoder.": self.student_backbone, "momentum_encoder.": self.teacher_backbone}
 
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from lightly.utils.scheduler import cosine_schedule
 
 from benchmarks import peer_parity
 from benchmarks.methods_table import SCALES, _pretrain_plan
@@ -19,10 +20,12 @@ from benchmarks.peer_parity import (
     nt_xent_chance,
     setting_of,
 )
-from benchmarks.peer_training import build_peer, warmup_cosine_lr
+from benchmarks.peer_training import _cosine, build_peer, warmup_cosine_lr
 from ssit.backbones.extract import extract_backbone, resolve_branch
 from ssit.data.pipeline import PretrainPipeline
 from ssit.methods import create_method
+from ssit.methods.dino import cosine_between
+from ssit.methods.schedules import ema_momentum
 from ssit.methods.simclr import nt_xent_loss
 from ssit.train.schedules import learning_rate
 
@@ -49,6 +52,20 @@ def test_peer_learning_rate_follows_ours() -> None:
             learning_rate(epoch, 1e-3, 1, 3, 1e-6), rel=1e-9, abs=1e-15)
 
 
+def test_peer_momentum_and_weight_decay_follow_ours() -> None:
+    """lightly's cosine, shifted by one step, is our cosine of the fraction of training done."""
+    steps_per_epoch, epochs = 7, 3
+    total = steps_per_epoch * epochs
+    for step in (0, 1, 10, total - 1):
+        epoch = step / steps_per_epoch
+        assert _cosine(step, total, 0.99, 1.0) == pytest.approx(
+            ema_momentum(epoch, 0.99, epochs), rel=1e-12)
+        assert _cosine(step, total, 0.04, 0.4) == pytest.approx(
+            cosine_between(epoch, 0.04, 0.4, epochs), rel=1e-12)
+    assert _cosine(1, total, 0.04, 0.4) != pytest.approx(cosine_schedule(1, total, 0.04, 0.4),
+                                                         rel=1e-6)
+
+
 def test_every_setting_names_a_scale_and_compared_methods() -> None:
     assert peer_parity.DEFAULT_SETTING in SETTINGS
     for name, (scale, overrides) in SETTINGS.items():
@@ -72,23 +89,23 @@ def test_mild_setting_eases_simclr_views(demo_shards, tmp_path) -> None:
                 view.augmentation.blur_p) == (0.0, 0.0, 0.0)
 
 
-def _first_losses(cfg, images: list[torch.Tensor]) -> tuple[float, float]:
-    """Ours and the peer's loss on one batch, each from the weights ``cfg.seed`` gives ours."""
+def _first_losses(cfg, peer_seed: int, images: list[torch.Tensor]) -> tuple[float, float]:
+    """Our loss on one batch from the weights ``cfg.seed`` gives, and the peer's from the
+    weights ``peer_seed`` gives (the same drop-path draws for both)."""
     torch.manual_seed(cfg.seed)
     ours = create_method(cfg.method, cfg.backbone).train()
-    peer, _ = build_peer(cfg)
-    torch.manual_seed(0)
+    peer, _ = build_peer(dataclasses.replace(cfg, seed=peer_seed))
     with torch.no_grad():
+        torch.manual_seed(0)
         mine = float(next(iter(ours(images, [None] * len(images)).values())))
-    torch.manual_seed(0)
-    with torch.no_grad():
+        torch.manual_seed(0)
         theirs = float(peer.loss(images, 0.0))
     return mine, theirs
 
 
 @pytest.mark.parametrize("method", COMPARED)
 def test_peer_starts_from_our_weights(method: str, demo_shards, tmp_path) -> None:
-    """Same weights and views give the same loss; another seed's peer is seen to differ."""
+    """Same weights and views give the same loss; a peer from another seed is seen to differ."""
     cfg = _pretrain_plan(SCALES["smoke"], method, 0, demo_shards, tmp_path / "run").config
     views = create_method(cfg.method, cfg.backbone).views
     pipe = PretrainPipeline(cfg.data.shards, cfg.optim.batch_size, device="cpu", seed=0,
@@ -97,15 +114,10 @@ def test_peer_starts_from_our_weights(method: str, demo_shards, tmp_path) -> Non
         images = next(iter(pipe)).images
     finally:
         pipe.close()
-    mine, theirs = _first_losses(cfg, images)
+    mine, theirs = _first_losses(cfg, cfg.seed, images)
     assert theirs == pytest.approx(mine, rel=1e-5)
-    torch.manual_seed(cfg.seed)
-    ours = create_method(cfg.method, cfg.backbone).train()
-    other, _ = build_peer(dataclasses.replace(cfg, seed=1))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        assert abs(float(other.loss(images, 0.0)) - float(
-            next(iter(ours(images, [None] * len(images)).values())))) > 1e-3
+    mine, theirs = _first_losses(cfg, cfg.seed + 1, images)
+    assert abs(theirs - mine) > 1e-3
 
 
 @pytest.mark.slow
