@@ -154,11 +154,13 @@ def _make_sets(scale: Scale, work: Path) -> tuple[Path, Path]:
     return made[0], made[1]
 
 
-def _pretrain_plan(scale: Scale, method: str, seed: int, shards: Path, run: Path) -> Any:
-    """The run planned and validated as ``launch/pretrain.py --local`` would plan it."""
+def _pretrain_plan(scale: Scale, method: str, seed: int, shards: Path, run: Path,
+                   overrides: tuple[str, ...] = ()) -> Any:
+    """The run planned and validated as ``launch/pretrain.py --local`` would plan it, with
+    ``overrides`` after the table's own."""
     from ssit.cluster.submit import add_pretrain_arguments, plan_pretrain
 
-    config, overrides = METHODS[method]
+    config, method_overrides = METHODS[method]
     backbone = scale.hybrid if method in HYBRID_METHODS else scale.backbone
     parser = argparse.ArgumentParser()
     add_pretrain_arguments(parser)
@@ -166,7 +168,7 @@ def _pretrain_plan(scale: Scale, method: str, seed: int, shards: Path, run: Path
         "--local", *(["--cpu"] if scale.cpu else []), "--config", config, "--output", str(run),
         f"data.shards={shards}", f"seed={seed}", f"optim.epochs={scale.epochs}",
         "optim.warmup_epochs=1", "log.progress_bar=false", "log.image_every_steps=null",
-        *overrides, *backbone, *scale.method_changes.get(method, ())]))
+        *method_overrides, *backbone, *scale.method_changes.get(method, ()), *overrides]))
 
 
 def _pretrain(scale: Scale, method: str, seed: int, run: Path, *, shards: Path) -> str:

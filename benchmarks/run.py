@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("prepare", "pipeline", "model", "train", "methods", "backbones", "methods_table")
+STAGES = ("prepare", "pipeline", "model", "train", "methods", "backbones", "methods_table",
+          "peer_parity")
 
 
 def replace_section(document: str, stage: str, body: str) -> str:
