@@ -1,10 +1,12 @@
 """The sweep behind a methods-table setting: each point pre-trains one method with a few
-overrides on the table's pre-training set and grades it on the grading set's validation split.
+overrides on the table's pre-training set and grades it with one linear-probe setting (a
+"probe") on the grading set's validation split.
 
 Points are chosen by validation kappa only (the test kappa is recorded beside it, and read only
 for the finished table). Results go to ``runs/bench-methods-sweep/results.jsonl``, one line per
-point; a point already there is not run again, so the sweep can be stopped and resumed. Each
-point is written down in ``SWEEP`` below; ``--out BENCHMARKS.md`` writes the whole record.
+point and probe; a pair already there is not run again, and a point pre-trained once is only
+graded again under another probe, so the sweep can be stopped and resumed. Every point and
+probe is written down below; ``--out BENCHMARKS.md`` writes the whole record.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from benchmarks.methods_table import (
     SCALES,
     Scale,
     _grade,
+    _initial_checkpoint,
     _make_sets,
     _pretrain,
 )
 
 logger = logging.getLogger(__name__)
 
-COMMAND = "python -m benchmarks.methods_sweep --point NAME... --out BENCHMARKS.md"
+COMMAND = ("python -m benchmarks.methods_sweep --probe PROBE --point NAME... "
+           "--out BENCHMARKS.md")
 SECTION_KEY = "methods_sweep"
 STEP_LINE = re.compile(r"step (\d+) epoch ([\d.]+) loss ([-\d.e+]+)")
 
@@ -39,6 +43,23 @@ STEP_LINE = re.compile(r"step (\d+) epoch ([\d.]+) loss ([-\d.e+]+)")
 WEAK_COLOUR = ("{crop_scale: [0.3, 1.0], brightness: 0.4, contrast: 0.4, saturation: 0.2, "
                "hue: 0.05, grayscale_p: 0.0, blur_p: 0.0}")
 MILD = "{crop_scale: [0.5, 1.0], jitter_p: 0.0, grayscale_p: 0.0, blur_p: 0.0}"
+# Linear-probe settings (grading overrides of grade_demo_cpu, which trains 15 epochs at 1e-2:
+# on these features that probe has not converged, its validation kappa still rising).
+PROBES: dict[str, tuple[str, ...]] = {
+    "probe-15": (),
+    "probe-100": ("train.epochs=100",),
+    "probe-100-lr0.1": ("train.epochs=100", "train.lr=0.1"),
+    "probe-300-lr0.03": ("train.epochs=300", "train.lr=0.03"),
+    "probe-1000-lr0.03": ("train.epochs=1000", "train.lr=0.03"),
+}
+DEFAULT_PROBE = "probe-300-lr0.03"
+# Floors: the random encoder graded with these encoder settings; `random-msssl` is MsSSL's
+# hybrid as initialised.
+FLOORS: dict[str, tuple[str, ...]] = {
+    "random": (),
+    "random-128px": ("encoder.img_size=128",),
+    "random-msssl": (),
+}
 SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "simclr-paper-10": ("SimCLR", 10, ()),
     "simclr-lr10-10": ("SimCLR", 10, ("optim.lr=1.0e-2",)),
@@ -56,6 +77,26 @@ SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
                                                  f"{WEAK_COLOUR}")),
     "simclr-mild-lr10-20": ("SimCLR", 20, ("optim.lr=1.0e-2", f"method.augmentation={MILD}")),
     "mae-lr10-30": ("MAE", 30, ("optim.lr=3.0e-3",)),
+    "simclr-128px-lr10-20": ("SimCLR", 20, ("backbone.img_size=128", "optim.lr=1.0e-2")),
+    "simclr-128px-weakcolour-lr10-20": ("SimCLR", 20, (
+        "backbone.img_size=128", "optim.lr=1.0e-2", f"method.augmentation={WEAK_COLOUR}")),
+    "simclr-weakcolour-lr30-20": ("SimCLR", 20, ("optim.lr=3.0e-2",
+                                                 f"method.augmentation={WEAK_COLOUR}")),
+    "simclr-weakcolour-t05-lr10-20": ("SimCLR", 20, ("optim.lr=1.0e-2", "method.temperature=0.5",
+                                                     f"method.augmentation={WEAK_COLOUR}")),
+    "simclr-weakcolour-lr10-60": ("SimCLR", 60, ("optim.lr=1.0e-2",
+                                                 f"method.augmentation={WEAK_COLOUR}")),
+    "simclr-local-lr10-30": ("SimCLR", 30, ("optim.lr=1.0e-2",
+                                            "method.augmentation={crop_scale: [0.08, 0.4]}")),
+    "mae-128px-20": ("MAE", 20, ("backbone.img_size=128",)),
+    "mae-lr3-20": ("MAE", 20, ("optim.lr=1.0e-3",)),
+    "ssit-paper-10": ("SSiT", 10, ()),
+    "msssl-paper-10": ("MsSSL", 10, ()),
+    "dino-paper-20": ("DINO", 20, ()),
+    "simclr-paper-30": ("SimCLR", 30, ()),
+    "mocov3-mild-lr10-20": ("MoCo v3", 20, ("optim.lr=1.0e-2",
+                                            f"method.view1_augmentation={MILD}",
+                                            f"method.view2_augmentation={MILD}")),
 }
 
 
@@ -69,51 +110,82 @@ def _last_epoch_loss(run: Path, epochs: int) -> float | None:
     return statistics.mean(losses) if losses else None
 
 
-def run_point(name: str, scale: Scale, work: Path, sets: tuple[Path, Path]) -> dict:
-    """Pre-train and grade one point; its record."""
+def _point_scale(scale: Scale, epochs: int, overrides: tuple[str, ...]) -> Scale:
+    """``scale`` with a point's epochs and overrides, graded by the probe alone."""
+    return Scale(**{**scale.__dict__, "epochs": epochs, "grade_overrides": (),
+                    "backbone": (*scale.backbone, *overrides),
+                    "hybrid": (*scale.hybrid, *overrides)})
+
+
+def run_point(name: str, probe: str, scale: Scale, work: Path, sets: tuple[Path, Path]) -> dict:
+    """Pre-train one point (unless done before) and grade it with ``probe``; its record."""
     method, epochs, overrides = SWEEP[name]
-    point_scale = Scale(**{**scale.__dict__, "epochs": epochs,
-                           "backbone": (*scale.backbone, *overrides),
-                           "hybrid": (*scale.hybrid, *overrides)})
+    point_scale = _point_scale(scale, epochs, overrides)
     run = work / name
     started = time.perf_counter()
-    checkpoint = _pretrain(point_scale, method, 0, run / "pretrain", shards=sets[0])
+    done = sorted((run / "pretrain" / "checkpoints").glob("checkpoint-*.pt"))
+    if done and (run / "pretrain" / "done.json").is_file():
+        checkpoint = str(done[-1])
+    else:
+        checkpoint = _pretrain(point_scale, method, 0, run / "pretrain", shards=sets[0])
+        (run / "pretrain" / "done.json").write_text(json.dumps({"checkpoint": checkpoint}))
     trained = time.perf_counter()
-    graded = _grade(point_scale, checkpoint, 0, sets[1], run / "grade")
-    return {"point": name, "method": method, "epochs": epochs, "overrides": list(overrides),
-            "kappa": graded, "last_epoch_loss": _last_epoch_loss(run / "pretrain", epochs),
+    # grading sees the images at the size the point pre-trained at
+    sizes = tuple(f"encoder.img_size={o.split('=', 1)[1]}" for o in overrides
+                  if o.startswith("backbone.img_size="))
+    graded = _grade(point_scale, checkpoint, 0, sets[1], run / f"grade-{probe}",
+                    (*sizes, *PROBES[probe]))
+    return {"point": name, "probe": probe, "method": method, "epochs": epochs,
+            "overrides": list(overrides), "kappa": graded,
+            "last_epoch_loss": _last_epoch_loss(run / "pretrain", epochs),
             "pretrain_min": (trained - started) / 60,
             "grade_min": (time.perf_counter() - trained) / 60}
 
 
-def floor_record(scale: Scale, work: Path, sets: tuple[Path, Path]) -> dict:
-    """The random encoder graded the same way (seed 0)."""
-    graded = _grade(scale, "random", 0, sets[1], work / "random" / "grade", FLOOR_GRADING)
-    return {"point": "random", "method": "random encoder", "epochs": 0, "overrides": [],
-            "kappa": graded, "last_epoch_loss": None, "pretrain_min": 0.0, "grade_min": 0.0}
+def floor_record(name: str, probe: str, scale: Scale, work: Path,
+                 sets: tuple[Path, Path]) -> dict:
+    """The random encoder of floor point ``name`` graded the same way (seed 0)."""
+    overrides = FLOORS[name]
+    encoder = "random"
+    if name == "random-msssl":
+        encoder = _initial_checkpoint(scale, "MsSSL", 0, work / name / "initial",
+                                      shards=sets[0])
+    started = time.perf_counter()
+    graded = _grade(_point_scale(scale, 0, ()), encoder, 0, sets[1],
+                    work / name / f"grade-{probe}", (*FLOOR_GRADING, *overrides, *PROBES[probe]))
+    return {"point": name, "probe": probe, "method": "random encoder", "epochs": 0,
+            "overrides": list(overrides), "kappa": graded, "last_epoch_loss": None,
+            "pretrain_min": 0.0, "grade_min": (time.perf_counter() - started) / 60}
 
 
 def format_section(records: list[dict]) -> str:
-    """Markdown record of every point, in the order run."""
+    """Markdown record of every point and probe, grouped by probe in the order run."""
     lines = [
         "## Methods sweep at CPU scale (validation split)",
         "",
-        f"Command: `{COMMAND}`. Table `cpu` backbone (4-block ViT-Ti/16 at 96 px) and sets; "
-        "seed 0; each point changes only what it lists. Selection reads the validation "
-        "kappa; the test kappa is shown for the record.",
-        "",
-        "| point | method | epochs | changes | val linear | val kNN | test linear | "
-        "last-epoch loss | min |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"Command: `{COMMAND}`. The `cpu` table's backbone (4-block ViT-Ti/16 at 96 px; MsSSL "
+        "its hybrid) and sets; seed 0; each point changes only what it lists; floors graded with "
+        "`encoder.refresh_batchnorm=true`. Selection reads the validation kappa; the test kappa "
+        "is shown for the record.",
     ]
-    for r in records:
-        loss = "-" if r["last_epoch_loss"] is None else f"{r['last_epoch_loss']:.3f}"
-        k = r["kappa"]
-        lines.append(
-            f"| {r['point']} | {r['method']} | {r['epochs']} | "
-            f"{' '.join(f'`{o}`' for o in r['overrides']) or 'paper recipe'} | "
-            f"{k['linear']['val']:.3f} | {k['knn']['val']:.3f} | {k['linear']['test']:.3f} | "
-            f"{loss} | {r['pretrain_min'] + r['grade_min']:.1f} |")
+    for probe in dict.fromkeys(r["probe"] for r in records):
+        lines += [
+            "",
+            f"Probe `{probe}`: `{' '.join(PROBES[probe]) or 'grade_demo_cpu as it is'}`.",
+            "",
+            "| point | method | epochs | changes | val linear | test linear | val kNN | "
+            "last-epoch loss | min |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in (r for r in records if r["probe"] == probe):
+            loss = "-" if r["last_epoch_loss"] is None else f"{r['last_epoch_loss']:.3f}"
+            k = r["kappa"]
+            changes = " ".join(f"`{o}`" for o in r["overrides"])
+            lines.append(
+                f"| {r['point']} | {r['method']} | {r['epochs']} | "
+                f"{changes or ('-' if r['epochs'] == 0 else 'paper recipe')} | "
+                f"{k['linear']['val']:.3f} | {k['linear']['test']:.3f} | {k['knn']['val']:.3f} "
+                f"| {loss} | {r['pretrain_min'] + r['grade_min']:.1f} |")
     return "\n".join(lines)
 
 
@@ -121,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.run import replace_section
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--point", nargs="*", default=list(SWEEP), choices=SWEEP)
+    parser.add_argument("--point", nargs="*", default=[*FLOORS, *SWEEP],
+                        choices=[*FLOORS, *SWEEP])
+    parser.add_argument("--probe", default=DEFAULT_PROBE, choices=PROBES)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -130,25 +204,23 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     sets = _make_sets(scale, REPO / "runs" / f"bench-methods-{scale.name}")
     results = work / "results.jsonl"
-    done = {json.loads(line)["point"]: json.loads(line)
-            for line in (results.read_text().splitlines() if results.is_file() else [])}
-    if "random" not in done:
-        done["random"] = floor_record(scale, work, sets)
-        with results.open("a") as handle:
-            handle.write(json.dumps(done["random"]) + "\n")
+    records = [json.loads(line) for line in
+               (results.read_text().splitlines() if results.is_file() else [])]
+    done = {(r["point"], r["probe"]) for r in records}
     for name in args.point:
-        if name in done:
+        if (name, args.probe) in done:
             continue
         try:
-            record = run_point(name, scale, work, sets)
+            record = (floor_record(name, args.probe, scale, work, sets) if name in FLOORS
+                      else run_point(name, args.probe, scale, work, sets))
         except Exception:
             logger.exception("point %s failed; the sweep goes on", name)
             continue
-        logger.info("%s: %s", name, record["kappa"])
-        done[name] = record
+        logger.info("%s %s: %s", name, args.probe, record["kappa"])
+        records.append(record)
         with results.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-    section = format_section(list(done.values()))
+    section = format_section(records)
     print(section)
     if args.out is not None:
         args.out.write_text(replace_section(args.out.read_text(), SECTION_KEY, section))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -34,13 +35,15 @@ def test_section_gives_mean_and_sample_spread_per_protocol() -> None:
               "GraVIS": {"knn": [], "linear": []}}
     minutes = {RANDOM: [(0.0, 0.2), (0.0, 0.4), (0.0, 0.3)], "SSiT": [(3.0, 0.3), (1.0, 0.1)],
                "GraVIS": []}
-    text = format_section(SCALES["cpu"], kappas, minutes, {RANDOM}, sets_min=1.5,
-                          total_min=12.25)
+    scale = dataclasses.replace(SCALES["cpu"], method_changes={
+        "SSiT": ("optim.lr=1.0e-2", "method.augmentation={blur_p: 0.0}")})
+    text = format_section(scale, kappas, minutes, {RANDOM}, sets_min=1.5, total_min=12.25)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == [
-        "| random encoder | 0.200 ± 0.100 | 0.100 ± 0.100 | 0.3 |",
-        "| SSiT | 0.500 ± 0.000 (2 of 3 seeds) | 0.550 ± 0.212 (2 of 3 seeds) | 2.0 + 0.2 |",
-        "| GraVIS | failed | failed | - |",
+        "| random encoder | 0.200 ± 0.100 | 0.100 ± 0.100 | 0.3 | - |",
+        "| SSiT | 0.500 ± 0.000 (2 of 3 seeds) | 0.550 ± 0.212 (2 of 3 seeds) | 2.0 + 0.2 | "
+        "`optim.lr=1.0e-2` `method.augmentation={blur_p: 0.0}` |",
+        "| GraVIS | failed | failed | - | - |",
     ]
     assert "Whole table: 12.2 min, of which 1.5 min making the two sets" in text
     assert "The floors are graded with `encoder.refresh_batchnorm=true`" in text
@@ -49,7 +52,10 @@ def test_section_gives_mean_and_sample_spread_per_protocol() -> None:
 
 @pytest.mark.slow
 def test_smoke_setting_pretrains_and_grades_every_method(tmp_path) -> None:
-    text = methods_table.run(SCALES["smoke"], work=tmp_path)
+    # a setting's change of one method's recipe reaches that method's run, and only it
+    scale = dataclasses.replace(SCALES["smoke"], method_changes={
+        "SimCLR": ("method.temperature=0.3",)})
+    text = methods_table.run(scale, work=tmp_path)
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:3] for line in text.splitlines()
             if line.startswith("| ") and "---" not in line and not line.startswith("| encoder |")}
     assert list(rows) == [RANDOM, "random MsSSL backbone", *METHODS]
@@ -59,6 +65,8 @@ def test_smoke_setting_pretrains_and_grades_every_method(tmp_path) -> None:
         run = tmp_path / f"{method}-seed0"
         assert (run / "pretrain" / "config.yaml").is_file()
         assert (run / "grade" / "summary.json").is_file()
+    assert "temperature: 0.3" in (tmp_path / "simclr-seed0/pretrain/config.yaml").read_text()
+    assert "temperature: 0.3" not in (tmp_path / "gravis-seed0/pretrain/config.yaml").read_text()
     msssl = (tmp_path / "msssl-seed0" / "pretrain" / "config.yaml").read_text()
     assert "mobilenetv3_small_100" in msssl and "depth: 4" in msssl
     floor = json.loads((tmp_path / "random-msssl-seed0" / "grade" / "summary.json").read_text())

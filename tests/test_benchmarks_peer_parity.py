@@ -70,8 +70,10 @@ def test_every_setting_names_a_scale_and_compared_methods() -> None:
     assert peer_parity.DEFAULT_SETTING in SETTINGS
     for name, (scale, overrides) in SETTINGS.items():
         assert scale in SCALES and set(overrides) <= set(COMPARED)
-        assert setting_of(name)[0] is SCALES[scale]
-    with pytest.raises(ValueError, match="unknown setting 'huge' \\(known: smoke, mild"):
+        assert setting_of(name)[0] is SCALES[scale] and overrides
+    assert peer_parity.section_key() == "peer_parity"
+    assert peer_parity.section_key("mild") == "peer_parity_mild"
+    with pytest.raises(ValueError, match="unknown setting 'huge' \\(known: smoke, table, mild"):
         setting_of("huge")
     with pytest.raises(SystemExit) as exit_info:
         peer_parity.main(["--setting", "huge"])
