@@ -153,7 +153,8 @@ def floor_record(name: str, probe: str, scale: Scale, work: Path,
     started = time.perf_counter()
     graded = _grade(_point_scale(scale, 0, ()), encoder, 0, sets[1],
                     work / name / f"grade-{probe}", (*FLOOR_GRADING, *overrides, *PROBES[probe]))
-    return {"point": name, "probe": probe, "method": "random encoder", "epochs": 0,
+    kind = "random MsSSL backbone" if name == "random-msssl" else "random encoder"
+    return {"point": name, "probe": probe, "method": kind, "epochs": 0,
             "overrides": list(overrides), "kappa": graded, "last_epoch_loss": None,
             "pretrain_min": 0.0, "grade_min": (time.perf_counter() - started) / 60}
 
@@ -166,7 +167,8 @@ def format_section(records: list[dict]) -> str:
         f"Command: `{COMMAND}`. The `cpu` table's backbone (4-block ViT-Ti/16 at 96 px; MsSSL "
         "its hybrid) and sets; seed 0; each point changes only what it lists; floors graded with "
         "`encoder.refresh_batchnorm=true`. Selection reads the validation kappa; the test kappa "
-        "is shown for the record.",
+        "is shown for the record. Minutes are what the row cost on the 2 cores (a point graded "
+        "again under another probe only grades; other commands ran beside some rows).",
     ]
     for probe in dict.fromkeys(r["probe"] for r in records):
         lines += [

@@ -14,9 +14,12 @@ seeds give a mean and a spread (the sample standard deviation): the pre-training
 floor the seed that initialises it.
 
 Settings (``SSIT_METHODS_SCALE``, or ``--scale``): ``cpu`` (default without CUDA) fits in 20
-minutes on two cores; ``cpu-long`` gives the same runs more epochs (about 35 minutes), the budget
-at which SSiT pulls away from the floor on the CPU; ``gpu`` (default with CUDA) is ViT-S/16 at
-224 px with a larger set and budget; ``smoke`` checks the wiring only (its numbers mean nothing).
+minutes on two cores; ``cpu-long`` gives the runs 10 epochs (DINO 20) and is the CPU setting
+chosen on the validation split by ``benchmarks.methods_sweep`` (about 47 minutes); both grade
+with a linear probe of 300 epochs (``CPU_PROBE``). ``gpu`` (default with CUDA) is ViT-S/16 at 224 px
+with a larger set and budget and the papers' recipes unchanged; ``smoke`` checks the wiring only
+(its numbers mean nothing). A setting may change a method's recipe (``method_changes``); the
+table names every such change in its last column.
 """
 
 from __future__ import annotations
@@ -230,6 +233,10 @@ def _grade(scale: Scale, checkpoint: str, seed: int, shards: Path, run: Path,
                               for split in ("val", "test")} for job in results}
 
 
+def _with(overrides: tuple[str, ...]) -> str:
+    return f" with `{' '.join(overrides)}`" if overrides else ""
+
+
 def _slug(method: str) -> str:
     return method.lower().replace(" ", "")
 
@@ -310,7 +317,7 @@ def format_section(scale: Scale, kappas: dict[str, dict[str, list[float]]],
         f"backbone with that ViT branch (`{' '.join(scale.hybrid)}`). Grading: "
         f"{scale.grade_images} other labelled synthetic images (seed 1), split 50/20/30 (the "
         "test split is never used for selection), `grade_demo_cpu` (kNN; linear probe on "
-        "features computed once). Test "
+        f"features computed once){_with(scale.grade_overrides)}. Test "
         f"quadratic kappa, mean ± standard deviation over seeds {list(scale.seeds)} (pre-training "
         "seeds; for a floor, the seed that initialises it). The floors are graded with "
         "`encoder.refresh_batchnorm=true`: a BatchNorm backbone's (MsSSL's hybrid) running "

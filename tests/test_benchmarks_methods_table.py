@@ -46,6 +46,7 @@ def test_section_gives_mean_and_sample_spread_per_protocol() -> None:
         "| GraVIS | failed | failed | - | - |",
     ]
     assert "Whole table: 12.2 min, of which 1.5 min making the two sets" in text
+    assert "features computed once) with `train.epochs=300 train.lr=0.03`. Test" in text
     assert "The floors are graded with `encoder.refresh_batchnorm=true`" in text
     assert "--scale cpu " in text
 
