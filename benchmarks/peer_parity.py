@@ -186,7 +186,10 @@ def format_section(setting: str, scale: Scale, overrides: dict[str, tuple[str, .
                    total_min: float) -> str:
     """Markdown: per-epoch losses of ours and the peer for each method, then every encoder's
     kappas (``kappas[(row, side)]`` per protocol)."""
-    changed = "; ".join(f"{method}: `{' '.join(values)}`" for method, values in overrides.items()
+    # the scale's own changes of a compared method's recipe, then the setting's overrides
+    changes = {method: (*scale.method_changes.get(method, ()), *values)
+               for method, values in overrides.items()}
+    changed = "; ".join(f"{method}: `{' '.join(values)}`" for method, values in changes.items()
                         if values) or "none"
     lines = [
         "## Peer parity: our SimCLR and DINO beside an independent lightly training",

@@ -155,3 +155,13 @@ def test_smoke_trainings_of_ours_and_the_peer_agree(demo_shards, tmp_path) -> No
     assert "| SimCLR (ours) | 0.100 | 0.200 |" in text
     assert "| random encoder (floor) | 0.000 | -0.050 |" in text
     assert "--setting smoke --out BENCHMARKS.md" in text and "Whole run: 1.2 min" in text
+
+
+def test_section_names_the_scales_own_changes_beside_the_settings_overrides() -> None:
+    scale = dataclasses.replace(SCALES["smoke"], method_changes={"DINO": ("optim.epochs=20",)})
+    text = format_section("table", scale, {"SimCLR": ("method.temperature=0.2",), "DINO": ()},
+                          [], {}, total_min=0.0)
+    assert ("overrides: SimCLR: `method.temperature=0.2`; DINO: `optim.epochs=20`." in text)
+    text = format_section("table", SCALES["smoke"], {"SimCLR": (), "DINO": ()}, [], {},
+                          total_min=0.0)
+    assert "overrides: none." in text
