@@ -13,13 +13,14 @@ not credited to pre-training (a ViT has none, and is graded as it is). Three
 seeds give a mean and a spread (the sample standard deviation): the pre-training seed, and for a
 floor the seed that initialises it.
 
-Settings (``SSIT_METHODS_SCALE``, or ``--scale``): ``cpu`` (default without CUDA) fits in 20
-minutes on two cores; ``cpu-long`` gives the runs 10 epochs (DINO 20) and is the CPU setting
-chosen on the validation split by ``benchmarks.methods_sweep`` (about 47 minutes); both grade
-with a linear probe of 300 epochs (``CPU_PROBE``). ``gpu`` (default with CUDA) is ViT-S/16 at 224 px
-with a larger set and budget and the papers' recipes unchanged; ``smoke`` checks the wiring only
-(its numbers mean nothing). A setting may change a method's recipe (``method_changes``); the
-table names every such change in its last column.
+Settings (``SSIT_METHODS_SCALE``, or ``--scale``): ``cpu`` (default without CUDA) trains 3
+epochs (about 20 minutes on two cores with the old 15-epoch probe); ``cpu-long`` gives the runs
+10 epochs (DINO 20) and is the CPU setting chosen on the validation split by
+``benchmarks.methods_sweep`` (about 47 minutes). Both grade with a linear probe of 300 epochs
+(``CPU_PROBE``). ``gpu`` (default with CUDA) is ViT-S/16 at 224 px with a larger set and budget
+and the papers' recipes unchanged; ``smoke`` checks the wiring only (its numbers mean nothing).
+A setting may change a method's recipe (``method_changes``); the table names every such change
+in its last column.
 """
 
 from __future__ import annotations
