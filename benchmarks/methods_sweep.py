@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks.methods_table import (
     FLOOR_GRADING,
+    MILD_VIEWS,
     REPO,
     SCALES,
     Scale,
@@ -42,7 +43,6 @@ STEP_LINE = re.compile(r"step (\d+) epoch ([\d.]+) loss ([-\d.e+]+)")
 # changes is listed. Views are given as overrides of the method's own recipe.
 WEAK_COLOUR = ("{crop_scale: [0.3, 1.0], brightness: 0.4, contrast: 0.4, saturation: 0.2, "
                "hue: 0.05, grayscale_p: 0.0, blur_p: 0.0}")
-MILD = "{crop_scale: [0.5, 1.0], jitter_p: 0.0, grayscale_p: 0.0, blur_p: 0.0}"
 # Linear-probe settings (grading overrides of grade_demo_cpu, which trains 15 epochs at 1e-2:
 # on these features that probe has not converged, its validation kappa still rising).
 PROBES: dict[str, tuple[str, ...]] = {
@@ -73,8 +73,8 @@ SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "gravis-paper-5": ("GraVIS", 5, ()),
     "simclr-weakcolour-lr10-20": ("SimCLR", 20, ("optim.lr=1.0e-2", f"method.augmentation="
                                                  f"{WEAK_COLOUR}")),
-    "simclr-mild-lr10-20": ("SimCLR", 20, ("optim.lr=1.0e-2", f"method.augmentation={MILD}")),
-    "simclr-mild-10": ("SimCLR", 10, (f"method.augmentation={MILD}",)),
+    "simclr-mild-lr10-20": ("SimCLR", 20, ("optim.lr=1.0e-2", f"method.augmentation={MILD_VIEWS}")),
+    "simclr-mild-10": ("SimCLR", 10, (f"method.augmentation={MILD_VIEWS}",)),
     "simclr-128px-weakcolour-lr10-20": ("SimCLR", 20, (
         "backbone.img_size=128", "optim.lr=1.0e-2", f"method.augmentation={WEAK_COLOUR}")),
     "simclr-weakcolour-lr30-20": ("SimCLR", 20, ("optim.lr=3.0e-2",
@@ -88,8 +88,8 @@ SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "msssl-paper-10": ("MsSSL", 10, ()),
     "dino-paper-20": ("DINO", 20, ()),
     "mocov3-mild-lr10-20": ("MoCo v3", 20, ("optim.lr=1.0e-2",
-                                            f"method.view1_augmentation={MILD}",
-                                            f"method.view2_augmentation={MILD}")),
+                                            f"method.view1_augmentation={MILD_VIEWS}",
+                                            f"method.view2_augmentation={MILD_VIEWS}")),
 }
 
 

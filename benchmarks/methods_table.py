@@ -119,6 +119,9 @@ METHODS = {
     "DINO": ("dino_demo_cpu", ("method.local_crops_size=48",)),
     "MAE": ("mae_demo_cpu", ()),
 }
+# Mild views for the methods that take view overrides: resized crop 0.5-1 and flip only (no
+# colour jitter, grayscale or blur), where telling images apart is easy.
+MILD_VIEWS = "{crop_scale: [0.5, 1.0], jitter_p: 0.0, grayscale_p: 0.0, blur_p: 0.0}"
 HYBRID_METHODS = {"MsSSL"}  # their own backbone (ViT + CNN): only the ViT branch is shared
 
 
