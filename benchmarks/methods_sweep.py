@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmarks.methods_table import (
     FLOOR_GRADING,
+    GREY_VIEWS,
     MILD_VIEWS,
     REPO,
     SCALES,
@@ -43,6 +44,8 @@ STEP_LINE = re.compile(r"step (\d+) epoch ([\d.]+) loss ([-\d.e+]+)")
 # changes is listed. Views are given as overrides of the method's own recipe.
 WEAK_COLOUR = ("{crop_scale: [0.3, 1.0], brightness: 0.4, contrast: 0.4, saturation: 0.2, "
                "hue: 0.05, grayscale_p: 0.0, blur_p: 0.0}")
+# Crop-only views: the paper's smaller crops, no colour jitter, grayscale or blur.
+CROP_ONLY = "{crop_scale: [0.2, 1.0], jitter_p: 0.0, grayscale_p: 0.0, blur_p: 0.0}"
 # Linear-probe settings (grading overrides of grade_demo_cpu, which trains 15 epochs at 1e-2:
 # on these features that probe has not converged, its validation kappa still rising).
 PROBES: dict[str, tuple[str, ...]] = {
@@ -53,12 +56,14 @@ PROBES: dict[str, tuple[str, ...]] = {
     "probe-1000-lr0.03": ("train.epochs=1000", "train.lr=0.03"),
 }
 DEFAULT_PROBE = "probe-300-lr0.03"
-# Floors: the random encoder graded with these encoder settings; `random-msssl` is MsSSL's
-# hybrid as initialised.
+# Floors: the random encoder graded with these encoder settings; `random-msssl...` is MsSSL's
+# hybrid as initialised (at the size it is graded at).
 FLOORS: dict[str, tuple[str, ...]] = {
     "random": (),
     "random-128px": ("encoder.img_size=128",),
+    "random-64px": ("encoder.img_size=64",),
     "random-msssl": (),
+    "random-msssl-64px": ("encoder.img_size=64",),
 }
 SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "simclr-paper-10": ("SimCLR", 10, ()),
@@ -70,7 +75,7 @@ SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "dino-lr10-10": ("DINO", 10, ("optim.lr=1.0e-2",)),
     "mae-paper-10": ("MAE", 10, ()),
     "mae-lr10-10": ("MAE", 10, ("optim.lr=3.0e-3",)),
-    "gravis-paper-5": ("GraVIS", 5, ()),
+    "gravis-lr10-5": ("GraVIS", 5, ("optim.lr=1.0e-2",)),
     "simclr-weakcolour-lr10-20": ("SimCLR", 20, ("optim.lr=1.0e-2", f"method.augmentation="
                                                  f"{WEAK_COLOUR}")),
     "simclr-mild-lr10-20": ("SimCLR", 20, ("optim.lr=1.0e-2", f"method.augmentation={MILD_VIEWS}")),
@@ -90,6 +95,36 @@ SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "mocov3-mild-lr10-20": ("MoCo v3", 20, ("optim.lr=1.0e-2",
                                             f"method.view1_augmentation={MILD_VIEWS}",
                                             f"method.view2_augmentation={MILD_VIEWS}")),
+    "mocov3-mild-10": ("MoCo v3", 10, (f"method.view1_augmentation={MILD_VIEWS}",
+                                       f"method.view2_augmentation={MILD_VIEWS}")),
+    "gravis-paper-10": ("GraVIS", 10, ()),
+    "gravis-lr10-10": ("GraVIS", 10, ("optim.lr=1.0e-2",)),
+    "gravis-mild-lr10-10": ("GraVIS", 10, ("optim.lr=1.0e-2", f"method.augmentation={MILD_VIEWS}")),
+    "simclr-croponly-10": ("SimCLR", 10, (f"method.augmentation={CROP_ONLY}",)),
+    "simclr-mild-20": ("SimCLR", 20, (f"method.augmentation={MILD_VIEWS}",)),
+    "mocov3-croponly-10": ("MoCo v3", 10, (f"method.view1_augmentation={CROP_ONLY}",
+                                           f"method.view2_augmentation={CROP_ONLY}")),
+    "simclr-grey-10": ("SimCLR", 10, (f"method.augmentation={GREY_VIEWS}",)),
+    "mocov3-grey-10": ("MoCo v3", 10, (f"method.view1_augmentation={GREY_VIEWS}",
+                                       f"method.view2_augmentation={GREY_VIEWS}")),
+    "gravis-grey-10": ("GraVIS", 10, (f"method.augmentation={GREY_VIEWS}",)),
+    "mocov3-mild-b16-10": ("MoCo v3", 10, ("optim.batch_size=16",
+                                           f"method.view1_augmentation={MILD_VIEWS}",
+                                           f"method.view2_augmentation={MILD_VIEWS}")),
+    "mocov3-mild-20": ("MoCo v3", 20, (f"method.view1_augmentation={MILD_VIEWS}",
+                                       f"method.view2_augmentation={MILD_VIEWS}")),
+    # the `cpu-long` choices at 64 px (fewer tokens: about half the compute of a step)
+    "ssit-64px-10": ("SSiT", 10, ("backbone.img_size=64",)),
+    "mocov3-64px-mild-20": ("MoCo v3", 20, ("backbone.img_size=64",
+                                            f"method.view1_augmentation={MILD_VIEWS}",
+                                            f"method.view2_augmentation={MILD_VIEWS}")),
+    "simclr-64px-grey-10": ("SimCLR", 10, ("backbone.img_size=64",
+                                           f"method.augmentation={GREY_VIEWS}")),
+    "gravis-64px-grey-10": ("GraVIS", 10, ("backbone.img_size=64",
+                                           f"method.augmentation={GREY_VIEWS}")),
+    "msssl-64px-10": ("MsSSL", 10, ("backbone.img_size=64",)),
+    "dino-64px-20": ("DINO", 20, ("backbone.img_size=64", "method.local_crops_size=32")),
+    "mae-64px-10": ("MAE", 10, ("backbone.img_size=64",)),
 }
 
 
@@ -140,13 +175,16 @@ def floor_record(name: str, probe: str, scale: Scale, work: Path,
     """The random encoder of floor point ``name`` graded the same way (seed 0)."""
     overrides = FLOORS[name]
     encoder = "random"
-    if name == "random-msssl":
-        encoder = _initial_checkpoint(scale, "MsSSL", 0, work / name / "initial",
-                                      shards=sets[0])
+    hybrid = name.startswith("random-msssl")
+    if hybrid:
+        sizes = tuple(f"backbone.img_size={o.split('=', 1)[1]}" for o in overrides
+                      if o.startswith("encoder.img_size="))
+        encoder = _initial_checkpoint(_point_scale(scale, scale.epochs, sizes), "MsSSL", 0,
+                                      work / name / "initial", shards=sets[0])
     started = time.perf_counter()
     graded = _grade(_point_scale(scale, 0, ()), encoder, 0, sets[1],
                     work / name / f"grade-{probe}", (*FLOOR_GRADING, *overrides, *PROBES[probe]))
-    kind = "random MsSSL backbone" if name == "random-msssl" else "random encoder"
+    kind = "random MsSSL backbone" if hybrid else "random encoder"
     return {"point": name, "probe": probe, "method": kind, "epochs": 0,
             "overrides": list(overrides), "kappa": graded, "last_epoch_loss": None,
             "pretrain_min": 0.0, "grade_min": (time.perf_counter() - started) / 60}

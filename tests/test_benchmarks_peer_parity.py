@@ -17,6 +17,7 @@ from benchmarks.peer_parity import (
     compare,
     epoch_means,
     format_section,
+    last_of_each_key,
     nt_xent_chance,
     setting_of,
 )
@@ -26,7 +27,7 @@ from ssit.data.pipeline import PretrainPipeline
 from ssit.methods import create_method
 from ssit.methods.dino import cosine_between
 from ssit.methods.schedules import ema_momentum
-from ssit.methods.simclr import nt_xent_loss
+from ssit.methods.simclr import SIMCLR_VIEW, nt_xent_loss
 from ssit.train.schedules import learning_rate
 
 
@@ -73,7 +74,8 @@ def test_every_setting_names_a_scale_and_compared_methods() -> None:
         assert setting_of(name)[0] is SCALES[scale] and overrides
     assert peer_parity.section_key() == "peer_parity"
     assert peer_parity.section_key("mild") == "peer_parity_mild"
-    with pytest.raises(ValueError, match="unknown setting 'huge' \\(known: smoke, table, mild"):
+    with pytest.raises(ValueError,
+                       match="unknown setting 'huge' \\(known: smoke, table, mild, paper\\)"):
         setting_of("huge")
     with pytest.raises(SystemExit) as exit_info:
         peer_parity.main(["--setting", "huge"])
@@ -165,3 +167,24 @@ def test_section_names_the_scales_own_changes_beside_the_settings_overrides() ->
     text = format_section("table", SCALES["smoke"], {"SimCLR": (), "DINO": ()}, [], {},
                           total_min=0.0)
     assert "overrides: none." in text
+    # a setting's override of a key the scale changes replaces it, and only it is named
+    scale = dataclasses.replace(SCALES["smoke"], method_changes={
+        "SimCLR": ("method.augmentation={grayscale_p: 1.0}", "method.temperature=0.2")})
+    text = format_section("paper", scale, {"SimCLR": ("method.augmentation={}",)}, [], {},
+                          total_min=0.0)
+    assert "overrides: SimCLR: `method.augmentation={} method.temperature=0.2`." in text
+
+
+def test_last_of_each_key_keeps_the_later_override_in_the_earlier_place() -> None:
+    assert last_of_each_key(("a=1", "b.c={x: 1}", "a=2", "d=")) == ("a=2", "b.c={x: 1}", "d=")
+    assert last_of_each_key(()) == ()
+
+
+def test_paper_setting_gives_simclr_its_papers_views_back(demo_shards, tmp_path) -> None:
+    table_scale, _ = setting_of("table")
+    assert "SimCLR" in table_scale.method_changes  # the table changed them; `paper` undoes it
+    scale, overrides = setting_of("paper")
+    plan = _pretrain_plan(scale, "SimCLR", 0, demo_shards, tmp_path / "run",
+                          overrides["SimCLR"])
+    views = create_method(plan.config.method, plan.config.backbone).views
+    assert all(view.augmentation == SIMCLR_VIEW for view in views)

@@ -69,6 +69,18 @@ def test_demo_pretraining_uses_the_papers_learning_rate_rule():
     assert peak == pytest.approx(6.25e-5)
 
 
+@pytest.mark.parametrize(("demo", "paper"), [("simclr_demo_cpu", "simclr_resnet50_eyepacs"),
+                                             ("gravis_demo_cpu", "gravis_resnet50_eyepacs"),
+                                             ("msssl_demo_cpu", "msssl_vits16_r50_eyepacs"),
+                                             ("dino_demo_cpu", "dino_vits16_eyepacs"),
+                                             ("mae_demo_cpu", "mae_vits16_eyepacs")])
+def test_each_demo_config_keeps_its_papers_learning_rate_and_rule(demo, paper):
+    demo_optim = load_config(PretrainConfig, demo).optim
+    paper_optim = load_config(PretrainConfig, paper).optim
+    assert (demo_optim.optimizer, demo_optim.lr, demo_optim.scale_lr) == (
+        paper_optim.optimizer, paper_optim.lr, paper_optim.scale_lr)
+
+
 def test_paper_config_file_matches_the_defaults():
     assert load_config(PretrainConfig, "ssit_vits16_eyepacs") == PretrainConfig()
 
