@@ -138,6 +138,11 @@ def _last_epoch_loss(run: Path, epochs: int) -> float | None:
     return statistics.mean(losses) if losses else None
 
 
+def _renamed(overrides: tuple[str, ...], key: str, as_key: str) -> tuple[str, ...]:
+    """The overrides of ``key`` among ``overrides``, given as overrides of ``as_key``."""
+    return tuple(f"{as_key}={o.split('=', 1)[1]}" for o in overrides if o.startswith(f"{key}="))
+
+
 def _point_scale(scale: Scale, epochs: int, overrides: tuple[str, ...]) -> Scale:
     """``scale`` with a point's epochs and overrides, graded by the probe alone."""
     return Scale(**{**scale.__dict__, "epochs": epochs, "grade_overrides": (),
@@ -159,8 +164,7 @@ def run_point(name: str, probe: str, scale: Scale, work: Path, sets: tuple[Path,
         (run / "pretrain" / "done.json").write_text(json.dumps({"checkpoint": checkpoint}))
     trained = time.perf_counter()
     # grading sees the images at the size the point pre-trained at
-    sizes = tuple(f"encoder.img_size={o.split('=', 1)[1]}" for o in overrides
-                  if o.startswith("backbone.img_size="))
+    sizes = _renamed(overrides, "backbone.img_size", "encoder.img_size")
     graded = _grade(point_scale, checkpoint, 0, sets[1], run / f"grade-{probe}",
                     (*sizes, *PROBES[probe]))
     return {"point": name, "probe": probe, "method": method, "epochs": epochs,
@@ -177,8 +181,7 @@ def floor_record(name: str, probe: str, scale: Scale, work: Path,
     encoder = "random"
     hybrid = name.startswith("random-msssl")
     if hybrid:
-        sizes = tuple(f"backbone.img_size={o.split('=', 1)[1]}" for o in overrides
-                      if o.startswith("encoder.img_size="))
+        sizes = _renamed(overrides, "encoder.img_size", "backbone.img_size")
         encoder = _initial_checkpoint(_point_scale(scale, scale.epochs, sizes), "MsSSL", 0,
                                       work / name / "initial", shards=sets[0])
     started = time.perf_counter()

@@ -11,6 +11,7 @@ from benchmarks.methods_sweep import (
     PROBES,
     SWEEP,
     _last_epoch_loss,
+    _renamed,
     format_section,
 )
 from benchmarks.methods_table import METHODS, SCALES
@@ -34,6 +35,13 @@ def test_the_chosen_setting_was_swept_under_the_chosen_probe() -> None:
         rest = {c for c in changes if not c.startswith("optim.epochs=")}
         assert any(m == method and e == (epochs or [scale.epochs])[0] and set(o) == rest
                    for m, e, o in SWEEP.values()), method
+
+
+def test_renamed_gives_a_key_s_overrides_under_another_key() -> None:
+    overrides = ("backbone.img_size=64", "optim.lr=1e-3", "backbone.img_size_x=3")
+    assert _renamed(overrides, "backbone.img_size", "encoder.img_size") == (
+        "encoder.img_size=64",)
+    assert _renamed(overrides, "encoder.img_size", "backbone.img_size") == ()
 
 
 def test_last_epoch_loss_averages_the_last_epochs_log_lines(tmp_path) -> None:
