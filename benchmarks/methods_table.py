@@ -14,9 +14,9 @@ seeds give a mean and a spread (the sample standard deviation): the pre-training
 floor the seed that initialises it.
 
 Settings (``SSIT_METHODS_SCALE``, or ``--scale``): ``cpu`` (default without CUDA) trains 3
-epochs (about 20 minutes on two cores with the old 15-epoch probe); ``cpu-long`` gives the runs
-10 epochs (DINO and MoCo v3 20, the contrastive methods milder views) and is the CPU setting
-chosen on the validation split by ``benchmarks.methods_sweep``. Both grade with a linear probe of
+epochs (about 22 minutes on two cores); ``cpu-long`` gives the runs 10 epochs (DINO and MoCo
+v3 20, the contrastive methods milder views) and is the CPU setting chosen on the validation
+split by ``benchmarks.methods_sweep``. Both grade with a linear probe of
 300 epochs (``CPU_PROBE``). ``gpu`` (default with CUDA) is ViT-S/16 at 224 px with a larger set
 and budget and the papers' recipes unchanged; ``smoke`` checks the wiring only (its numbers
 mean nothing). A setting may change a method's recipe (``method_changes``); the table names
