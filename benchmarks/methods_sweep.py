@@ -6,7 +6,9 @@ Points are chosen by validation kappa only (the test kappa is recorded beside it
 for the finished table). Results go to ``runs/bench-methods-sweep/results.jsonl``, one line per
 point and probe; a pair already there is not run again, and a point pre-trained once is only
 graded again under another probe, so the sweep can be stopped and resumed. Every point and
-probe is written down below; ``--out BENCHMARKS.md`` writes the whole record.
+probe is written down below; ``--out BENCHMARKS.md`` writes the whole record, and ``--from
+BENCHMARKS.md`` takes the pairs a results file lacks from that record (a fresh clone has no
+results file: without it, the next ``--out`` would write only the points run since).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from benchmarks.methods_table import (
     MILD_VIEWS,
     REPO,
     SCALES,
+    TWO_BLOCKS,
     Scale,
     _grade,
     _initial_checkpoint,
@@ -39,6 +42,8 @@ COMMAND = ("python -m benchmarks.methods_sweep --probe PROBE --point NAME... "
            "--out BENCHMARKS.md")
 SECTION_KEY = "methods_sweep"
 STEP_LINE = re.compile(r"step (\d+) epoch ([\d.]+) loss ([-\d.e+]+)")
+PROBE_LINE = re.compile(r"^Probe `([^`]+)`:")
+CODE = re.compile(r"`([^`]+)`")
 
 # name: (method, epochs, overrides). The table's `cpu` backbone and sets; only what a point
 # changes is listed. Views are given as overrides of the method's own recipe.
@@ -64,6 +69,8 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "random-64px": ("encoder.img_size=64",),
     "random-msssl": (),
     "random-msssl-64px": ("encoder.img_size=64",),
+    "random-d2": (f"encoder.model_kwargs={TWO_BLOCKS}",),
+    "random-msssl-d2": (f"encoder.model_kwargs={TWO_BLOCKS}",),
 }
 SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "simclr-paper-10": ("SimCLR", 10, ()),
@@ -125,7 +132,26 @@ SWEEP: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "msssl-64px-10": ("MsSSL", 10, ("backbone.img_size=64",)),
     "dino-64px-20": ("DINO", 20, ("backbone.img_size=64", "method.local_crops_size=32")),
     "mae-64px-10": ("MAE", 10, ("backbone.img_size=64",)),
+    # the `cpu-long` choices with a 2-block ViT (MsSSL: its ViT branch)
+    "ssit-d2-10": ("SSiT", 10, (f"backbone.kwargs={TWO_BLOCKS}",)),
+    "mocov3-d2-mild-20": ("MoCo v3", 20, (f"backbone.kwargs={TWO_BLOCKS}",
+                                          f"method.view1_augmentation={MILD_VIEWS}",
+                                          f"method.view2_augmentation={MILD_VIEWS}")),
+    "simclr-d2-grey-10": ("SimCLR", 10, (f"backbone.kwargs={TWO_BLOCKS}",
+                                         f"method.augmentation={GREY_VIEWS}")),
+    "gravis-d2-grey-10": ("GraVIS", 10, (f"backbone.kwargs={TWO_BLOCKS}",
+                                         f"method.augmentation={GREY_VIEWS}")),
+    "msssl-d2-10": ("MsSSL", 10, (f"backbone.kwargs={TWO_BLOCKS}",)),
+    "dino-d2-20": ("DINO", 20, (f"backbone.kwargs={TWO_BLOCKS}",)),
+    "dino-d2-10": ("DINO", 10, (f"backbone.kwargs={TWO_BLOCKS}",)),
+    "mocov3-d2-mild-10": ("MoCo v3", 10, (f"backbone.kwargs={TWO_BLOCKS}",
+                                          f"method.view1_augmentation={MILD_VIEWS}",
+                                          f"method.view2_augmentation={MILD_VIEWS}")),
+    "mae-d2-10": ("MAE", 10, (f"backbone.kwargs={TWO_BLOCKS}",)),
 }
+# grading keys a floor's overrides use -> the pre-training keys that build the same model
+GRADING_TO_PRETRAINING = {"encoder.img_size": "backbone.img_size",
+                          "encoder.model_kwargs": "backbone.kwargs"}
 
 
 def _last_epoch_loss(run: Path, epochs: int) -> float | None:
@@ -181,8 +207,9 @@ def floor_record(name: str, probe: str, scale: Scale, work: Path,
     encoder = "random"
     hybrid = name.startswith("random-msssl")
     if hybrid:
-        sizes = _renamed(overrides, "encoder.img_size", "backbone.img_size")
-        encoder = _initial_checkpoint(_point_scale(scale, scale.epochs, sizes), "MsSSL", 0,
+        model = tuple(o for key, as_key in GRADING_TO_PRETRAINING.items()
+                      for o in _renamed(overrides, key, as_key))
+        encoder = _initial_checkpoint(_point_scale(scale, scale.epochs, model), "MsSSL", 0,
                                       work / name / "initial", shards=sets[0])
     started = time.perf_counter()
     graded = _grade(_point_scale(scale, 0, ()), encoder, 0, sets[1],
@@ -225,15 +252,50 @@ def format_section(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def records_from_section(text: str) -> list[dict]:
+    """The records a section written by :func:`format_section` shows, in its order.
+
+    The section rounds kappas to 3 decimals and minutes to 1, and shows neither the test kNN
+    kappa (None here) nor how the minutes split (all counted as pre-training).
+    """
+    records: list[dict] = []
+    probe = None
+    for line in text.splitlines():
+        if found := PROBE_LINE.match(line):
+            probe = found.group(1)
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if probe is None or len(cells) != 9 or cells[0] in ("point", "---"):
+            continue
+        name, method, epochs, changes, val, test, knn, loss, minutes = cells
+        records.append({
+            "point": name, "probe": probe, "method": method, "epochs": int(epochs),
+            "overrides": CODE.findall(changes),
+            "kappa": {"linear": {"val": float(val), "test": float(test)},
+                      "knn": {"val": float(knn), "test": None}},
+            "last_epoch_loss": None if loss == "-" else float(loss),
+            "pretrain_min": float(minutes), "grade_min": 0.0})
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.run import replace_section
+    from benchmarks.run import read_section, replace_section
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--point", nargs="*", default=[*FLOORS, *SWEEP],
                         choices=[*FLOORS, *SWEEP])
     parser.add_argument("--probe", default=DEFAULT_PROBE, choices=PROBES)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--from", dest="record", type=Path, default=None,
+                        help="a BENCHMARKS.md whose sweep section gives the pairs not run here")
     args = parser.parse_args(argv)
+    written = None
+    if args.record is not None:
+        if not args.record.is_file():
+            parser.error(f"--from {args.record}: no such file")
+        written = read_section(args.record.read_text(), SECTION_KEY)
+        if written is None:
+            parser.error(f"{args.record} has no {SECTION_KEY} section")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     scale = SCALES["cpu"]
     work = REPO / "runs" / "bench-methods-sweep"
@@ -243,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(line) for line in
                (results.read_text().splitlines() if results.is_file() else [])]
     done = {(r["point"], r["probe"]) for r in records}
+    for record in records_from_section(written or ""):
+        if (record["point"], record["probe"]) not in done:
+            done.add((record["point"], record["probe"]))
+            records.append(record)
+            with results.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
     for name in args.point:
         if (name, args.probe) in done:
             continue

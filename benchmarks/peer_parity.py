@@ -48,7 +48,7 @@ COMPARED = ("SimCLR", "DINO")
 # setting: (scale of the methods table, compared method -> its overrides after the table's own)
 SETTINGS: dict[str, tuple[str, dict[str, tuple[str, ...]]]] = {
     "smoke": ("smoke", {"SimCLR": (), "DINO": ()}),
-    # the methods table's own CPU setting (SimCLR in grey views, DINO for 20 epochs)
+    # the methods table's own CPU setting (SimCLR in grey views)
     "table": ("cpu-long", {"SimCLR": (), "DINO": ()}),
     # SimCLR with mild views (crop 0.5-1 and flip only), where instance discrimination is easy
     "mild": ("cpu-long", {"SimCLR": (f"method.augmentation={MILD_VIEWS}",)}),

@@ -30,6 +30,13 @@ def replace_section(document: str, stage: str, body: str) -> str:
     return document.rstrip() + "\n\n" + block + "\n"
 
 
+def read_section(document: str, stage: str) -> str | None:
+    """The body of the ``stage`` section of ``document``, or None where it has none."""
+    start, end = f"<!-- bench:{stage} -->", f"<!-- /bench:{stage} -->"
+    found = re.search(re.escape(start) + r"\n(.*?)\n" + re.escape(end), document, re.DOTALL)
+    return found.group(1) if found else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))

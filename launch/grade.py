@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 from ssit.cli import run_launcher
 from ssit.cluster.executor import LaunchError
+from ssit.cluster.grading import add_grade_arguments, launch_grading
 from ssit.config import ConfigError
-from ssit.evaluate.submit import add_grade_arguments, launch_grading
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,9 +6,12 @@ import dataclasses
 import json
 
 import pytest
+import yaml
 
 from benchmarks import methods_table
 from benchmarks.methods_table import METHODS, RANDOM, SCALES, format_section
+from ssit.config import load_config
+from ssit.evaluate.config import GradeConfig
 
 
 def test_every_setting_writes_its_own_section() -> None:
@@ -19,6 +22,19 @@ def test_every_setting_writes_its_own_section() -> None:
         vit = [o for o in scale.backbone if o.startswith(("backbone.arch", "backbone.img_size",
                                                           "backbone.kwargs"))]
         assert len(vit) == 3 and set(vit) <= set(scale.hybrid)
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu-long", "gpu", "smoke"])
+def test_the_random_floor_has_the_pre_trained_backbone_s_architecture(name: str) -> None:
+    """The floor is graded from ``grade_demo_cpu`` with the setting's overrides: it must build
+    the very ViT every method pre-trains (same arch, size and block count)."""
+    scale = SCALES[name]
+    backbone = dict(o.split("=", 1) for o in scale.backbone)
+    grading = load_config(GradeConfig, "grade_demo_cpu",
+                          [*scale.grade_overrides, *scale.random_encoder])
+    assert grading.encoder.arch == backbone["backbone.arch"]
+    assert grading.encoder.img_size == int(backbone["backbone.img_size"])
+    assert grading.encoder.model_kwargs == yaml.safe_load(backbone["backbone.kwargs"])
 
 
 def test_the_setting_comes_from_the_environment(monkeypatch) -> None:

@@ -4,13 +4,21 @@ import importlib
 import types
 
 from benchmarks import run
-from benchmarks.run import replace_section
+from benchmarks.run import read_section, replace_section
 
 
 def test_replace_section_keeps_the_rest() -> None:
     document = "# B\nintro\n<!-- bench:model -->\nold\n<!-- /bench:model -->\nnotes\n"
     updated = replace_section(document, "model", "| new |")
     assert updated == "# B\nintro\n<!-- bench:model -->\n| new |\n<!-- /bench:model -->\nnotes\n"
+
+
+def test_read_section_gives_back_what_replace_section_wrote() -> None:
+    document = replace_section("# B\n<!-- bench:model -->\nold\n<!-- /bench:model -->\n",
+                               "train", "| a |\n| b |")
+    assert read_section(document, "train") == "| a |\n| b |"
+    assert read_section(document, "model") == "old"
+    assert read_section(document, "pipeline") is None
 
 
 def test_replace_section_appends_a_missing_stage() -> None:

@@ -32,8 +32,15 @@ from ssit.cluster.executor import (
     sbatch_preview,
 )
 from ssit.config import ConfigError, config_to_dict, load_config, read_yaml
+from ssit.data.fingerprint import shard_fingerprint
 from ssit.error_text import failure_excerpt, job_error_line, last_line
-from ssit.train.checkpoint import list_checkpoints, recorded_world_size
+from ssit.prepare.shard_format import PrepareError
+from ssit.train.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    recorded_data_fingerprint,
+    recorded_world_size,
+)
 from ssit.train.config import (
     DEFAULT_CONFIG,
     DEFAULT_TIMEOUT_S,
@@ -43,6 +50,7 @@ from ssit.train.config import (
     resume_locked_fields,
     validate_pretrain_config,
 )
+from ssit.train.resume_data import check_resume_data
 from ssit.train.run_folder import RestartRefusedError, check_run_folder
 from ssit.train.run_owner import (
     RunFolderBusyError,
@@ -372,7 +380,22 @@ def _check_resumable(run_dir: Path, config: PretrainConfig, world_size: int) -> 
             f"the checkpoints in {run_dir} were written by {ranks} ranks; resume with nodes x "
             f"tasks per node = {ranks}, not {world_size}, or use another --output"
         )
+    _check_resume_shards(run_dir / "checkpoints", config)
     return True
+
+
+def _check_resume_shards(checkpoint_dir: Path, config: PretrainConfig) -> None:
+    """The check the job makes before it resumes (same shards as the checkpoints, unless
+    ``data.allow_other_shards``), made here so that a refusal comes before submission."""
+    saved = recorded_data_fingerprint(checkpoint_dir)
+    if saved is None:
+        return  # older checkpoints record none: the job checks the checkpoint itself
+    try:
+        current = shard_fingerprint(config.data.shards)
+        check_resume_data(saved, current, str(checkpoint_dir), config.data.allow_other_shards,
+                          log_it=False)
+    except (CheckpointError, PrepareError, OSError, ValueError) as error:
+        raise LaunchError(str(error)) from None
 
 
 __all__ = [

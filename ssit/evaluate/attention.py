@@ -2,9 +2,9 @@
 
 For a few shard samples, :func:`write_attention_figure` draws one row each: the crop, its
 saliency map, the attention the class token pays to every patch in the last transformer block
-of the checkpoint's query encoder (mean over heads, scaled per image from its minimum to its
-maximum, upsampled bilinearly to the picture) and the crop lit by that attention. This is the
-figure the SSiT paper uses to show that the encoder attends to lesions.
+of the encoder that grading reads from the checkpoint (mean over heads, scaled per image from
+its minimum to its maximum, upsampled bilinearly to the picture) and the crop lit by that
+attention. This is the figure the SSiT paper uses to show that the encoder attends to lesions.
 
 The weights are recomputed from the input of the last block (captured by a forward hook) with
 that block's own ``norm1`` and ``qkv`` layers: ``softmax(q k^T * scale)``, as timm computes them.
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssit.backbones import BackboneConfig, CheckpointError, ViTConfig, extract_backbone
+from ssit.backbones.extract import resolve_branch
 from ssit.evaluate.architecture import EncoderError, load_encoder_source
 from ssit.prepare.preview import (
     SampleImages,
@@ -43,7 +44,7 @@ __all__ = [
     "class_token_attention",
     "last_block_attention",
     "last_block_probabilities",
-    "load_query_vit",
+    "load_graded_vit",
     "scale_to_uint8",
     "spotlight",
     "write_attention_figure",
@@ -119,9 +120,10 @@ def spotlight(crop: np.ndarray, weights: np.ndarray, floor: float = _SPOTLIGHT_F
     return np.rint(crop.astype(np.float32) * gain[..., None]).astype(np.uint8)
 
 
-def load_query_vit(checkpoint: str | Path) -> tuple[nn.Module, BackboneConfig]:
-    """The query encoder recorded in a training checkpoint (or ``ssit export`` file), in eval
-    mode, with its backbone config; refuses anything but a class-token ViT."""
+def load_graded_vit(checkpoint: str | Path) -> tuple[nn.Module, BackboneConfig]:
+    """The encoder that grading and export read from a training checkpoint (or ``ssit export``
+    file): the branch it declares (DINO's teacher), else the query encoder. In eval mode, with
+    its backbone config; refuses anything but a class-token ViT."""
     source = load_encoder_source(str(checkpoint))
     if source is None:
         raise AttentionError("attention maps need a checkpoint, not a random encoder")
@@ -133,12 +135,13 @@ def load_query_vit(checkpoint: str | Path) -> tuple[nn.Module, BackboneConfig]:
         raise AttentionError(f"{source.path.name} holds a {cfg.name} backbone "
                              f"({getattr(cfg, 'arch', '?')}): attention maps need a ViT")
     try:
-        model = extract_backbone(source.contents, cfg, branch="query")
+        branch = resolve_branch(source.contents, "auto")
+        model = extract_backbone(source.contents, cfg, branch=branch)
     except (CheckpointError, ValueError) as error:
         raise AttentionError(f"cannot build the encoder of {source.path.name}: {error}") from None
     if getattr(model, "cls_token", None) is None:
         raise AttentionError(f"the ViT of {source.path.name} has no class token")
-    LOGGER.info("attention of the query encoder of %s (%s at %d px)", source.path,
+    LOGGER.info("attention of the %s encoder of %s (%s at %d px)", branch, source.path,
                 cfg.arch, cfg.img_size)
     return model.eval(), cfg
 
@@ -180,7 +183,7 @@ def attention_figure(checkpoint: str | Path, shards: str | Path | Sequence[str |
         raise AttentionError(f"number of samples must be at least 1, got {n}")
     if tile < 32:
         raise AttentionError(f"tile size must be at least 32 pixels, got {tile}")
-    model, cfg = load_query_vit(checkpoint)
+    model, cfg = load_graded_vit(checkpoint)
     samples = read_samples(shards, n)
     attention = _attention_pictures(model, [s.crop for s in samples], cfg.img_size, tile)
     rows = [_row(sample, picture, tile) for sample, picture in zip(samples, attention, strict=True)]

@@ -1,8 +1,10 @@
 """Fine-tuning and linear probing: one regression loop, the backbone frozen or not.
 
 The model predicts the grade as one number trained with MSE; predictions become grades through
-thresholds and the epoch with the best validation kappa is kept (``best.pt``). ``last.pt`` is
-written after every epoch, so an interrupted run continues from its last finished epoch.
+thresholds and the epoch with the best validation kappa is kept (``best.pt``, the whole
+model). ``last.pt`` is written after every epoch, so an interrupted run continues from its last
+finished epoch; a frozen backbone is left out of it (it does not change, and the resumed job
+builds it again from its encoder checkpoint).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ssit.train.schedules import learning_rate
 LOGGER = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.pt"
 BEST_WEIGHTS = "best.pt"
+_BACKBONE = "backbone."
 
 
 class TrainingError(RuntimeError):
@@ -115,7 +118,7 @@ def fit_regression(
         if _better(val["kappa"], state.best_val_kappa) or state.best_epoch == 0:
             state.best_val_kappa, state.best_epoch = val["kappa"], epoch + 1
             _save_atomic(model.state_dict(), out_dir / BEST_WEIGHTS)
-        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        _save_atomic({"model": resumable_state(model), "optimizer": optimizer.state_dict(),
                       "epoch": epoch + 1, "best_epoch": state.best_epoch,
                       "best_val_kappa": state.best_val_kappa, "history": state.history},
                      out_dir / LAST_CHECKPOINT)
@@ -123,6 +126,14 @@ def fit_regression(
                                      weights_only=True))
     LOGGER.info("selected epoch %d (val kappa %.4f)", state.best_epoch, state.best_val_kappa)
     return FitResult(state.best_epoch, state.best_val_kappa, state.history)
+
+
+def resumable_state(model: GradingModel) -> dict[str, torch.Tensor]:
+    """What ``last.pt`` keeps of ``model``: its whole state, less a frozen backbone."""
+    state = model.state_dict()
+    if not model.freeze_backbone:
+        return state
+    return {name: value for name, value in state.items() if not name.startswith(_BACKBONE)}
 
 
 def parameter_groups(model: GradingModel, head_lr_scale: float = 1.0) -> list[dict]:
@@ -155,7 +166,11 @@ def _resume(model: GradingModel, optimizer: torch.optim.Optimizer, out_dir: Path
     if not path.is_file():
         return _LoopState()
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(saved["model"])
+    missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+    left_out = model.freeze_backbone and all(name.startswith(_BACKBONE) for name in missing)
+    if unexpected or (missing and not left_out):
+        raise TrainingError(f"{path} does not match this model (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}): grade into a new output folder")
     optimizer.load_state_dict(saved["optimizer"])
     LOGGER.info("resuming from %s after epoch %d", path, saved["epoch"])
     return _LoopState(saved["epoch"], saved["best_epoch"], saved["best_val_kappa"],

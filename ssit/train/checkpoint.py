@@ -144,20 +144,36 @@ def _make_room(existing: list[Path], final: Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def record_world_size(directory: str | Path, world_size: int) -> None:
-    """Note in ``directory`` that its checkpoints were written by ``world_size`` ranks."""
-    replace_json(Path(directory) / RANKS_FILE, {"world_size": world_size})
+def record_world_size(directory: str | Path, world_size: int,
+                      data_fingerprint: dict[str, str] | None = None) -> None:
+    """Note in ``directory`` that its checkpoints were written by ``world_size`` ranks, and
+    the fingerprint of the shards they trained on, so that a launcher can check a resume
+    without reading a checkpoint."""
+    replace_json(Path(directory) / RANKS_FILE,
+                 {"world_size": world_size, "data_fingerprint": data_fingerprint})
+
+
+def _checkpoint_record(directory: str | Path) -> dict[str, Any] | None:
+    if not list_checkpoints(directory):
+        return None
+    try:
+        record = json.loads((Path(directory) / RANKS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def recorded_world_size(directory: str | Path) -> int | None:
     """How many ranks wrote the checkpoints in ``directory``; None without checkpoints or record."""
-    if not list_checkpoints(directory):
-        return None
-    try:
-        value = json.loads((Path(directory) / RANKS_FILE).read_text())["world_size"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    value = (_checkpoint_record(directory) or {}).get("world_size")
     return value if isinstance(value, int) and value > 0 else None
+
+
+def recorded_data_fingerprint(directory: str | Path) -> dict[str, str] | None:
+    """The shard fingerprint the checkpoints in ``directory`` were trained on, where recorded
+    (checkpoints written before it was recorded have none)."""
+    value = (_checkpoint_record(directory) or {}).get("data_fingerprint")
+    return value if isinstance(value, dict) and isinstance(value.get("digest"), str) else None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from ssit.train.distributed import (
     broadcast_object,
 )
 from ssit.train.progress import RunProgress
+from ssit.train.resume_data import check_resume_data
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def save_run_checkpoint(
             "saved_at": time.time(),
         }
         path = save_checkpoint(state, checkpoint_dir, cfg.checkpoint.keep)
-        record_world_size(checkpoint_dir, ctx.world_size)
+        record_world_size(checkpoint_dir, ctx.world_size, data_fingerprint)
         log.info("saved checkpoint %s", path)
     barrier(ctx)
     progress.last_checkpoint = checkpoint_path(checkpoint_dir, progress.step)
@@ -102,7 +103,8 @@ def load_resume_state(
     """The checkpoint to resume from (rank 0 picks it, every rank reads it), or None.
 
     With ``data_fingerprint`` (the shards this run reads), a checkpoint trained on other shards
-    is refused unless ``data.allow_other_shards`` (see :func:`check_resume_data`).
+    is refused unless ``data.allow_other_shards`` (see
+    :func:`~ssit.train.resume_data.check_resume_data`).
     """
     chosen: str | None = None
     state: dict[str, Any] | None = None
@@ -141,36 +143,6 @@ def load_resume_state(
                           cfg.data.allow_other_shards, ctx.is_main)
     log.info("resuming from %s (step %d)", chosen, state["step"])
     return state
-
-
-def check_resume_data(
-    saved: dict[str, str] | None,
-    current: dict[str, str],
-    checkpoint: str,
-    allow_other_shards: bool,
-    log_it: bool = True,
-) -> None:
-    """Refuse to resume ``checkpoint`` on shards whose fingerprint differs from the one it saved
-    (one line naming both sources), unless ``allow_other_shards``: then say so in the log. A
-    checkpoint without a fingerprint (written before they were recorded) resumes with a
-    warning."""
-    if not isinstance(saved, dict) or not saved.get("digest"):
-        if log_it:
-            log.warning("%s records no fingerprint of its shards (an older checkpoint): resuming "
-                        "without checking that data.shards holds the same data", checkpoint)
-        return
-    if saved["digest"] == current["digest"]:
-        return
-    difference = (f"it was trained on shards with fingerprint {saved['digest'][:12]} (from "
-                  f"{saved.get('source', 'unknown')}) but data.shards now has fingerprint "
-                  f"{current['digest'][:12]} (from {current['source']})")
-    if not allow_other_shards:
-        raise CheckpointError(f"cannot resume {checkpoint}: {difference}; set "
-                              "data.allow_other_shards=true to continue on these shards on "
-                              "purpose, or use another --output")
-    if log_it:
-        log.warning("resuming %s on other shards on purpose (data.allow_other_shards=true): %s",
-                    checkpoint, difference)
 
 
 def saved_config_with_defaults(saved: dict[str, Any]) -> dict[str, Any]:

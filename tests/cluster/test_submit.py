@@ -24,6 +24,7 @@ from ssit.cluster.submit import (
     plan_pretrain,
 )
 from ssit.config import ConfigError, load_config, save_config
+from ssit.data.fingerprint import shard_fingerprint
 from ssit.train.checkpoint import checkpoint_path, record_world_size
 from ssit.train.config import PretrainConfig
 from ssit.train.run_owner import RunOwner, local_owner, write_owner
@@ -147,6 +148,26 @@ def test_resuming_on_another_number_of_ranks_is_refused(demo_shards: Path, tmp_p
         plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(tmp_path)))
     plan = plan_pretrain(tiny(demo_shards, "--cpu", "--nodes", "2", "--output", str(tmp_path)))
     assert plan.resume and plan.world_size == 2
+
+
+def test_resuming_on_other_shards_is_refused_before_submission(demo_shards: Path,
+                                                              tmp_path: Path) -> None:
+    """The job's own check (same shard fingerprint as the checkpoints) is made by the launcher,
+    so the refusal comes as one line before anything is submitted."""
+    run = tmp_path / "run"
+    saved_run(demo_shards, run)
+    other = {"digest": "f" * 64, "source": "manifest.json of /data/other"}
+    record_world_size(run / "checkpoints", 1, other)
+    with pytest.raises(LaunchError, match=r"cannot resume .*trained on shards with fingerprint "
+                       r"ffffffffffff \(from manifest.json of /data/other\) but data.shards now "
+                       r"has fingerprint [0-9a-f]{12}.*data.allow_other_shards=true") as refused:
+        plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(run)))
+    assert "\n" not in str(refused.value)
+    # on purpose, or on the shards the checkpoints were trained on, it resumes
+    assert plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(run),
+                              "data.allow_other_shards=true")).resume
+    record_world_size(run / "checkpoints", 1, shard_fingerprint(demo_shards))
+    assert plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(run))).resume
 
 
 def test_output_that_is_a_file_is_refused(demo_shards: Path, tmp_path: Path) -> None:

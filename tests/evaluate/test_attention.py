@@ -23,7 +23,7 @@ from ssit.evaluate.attention import (
     class_token_attention,
     last_block_attention,
     last_block_probabilities,
-    load_query_vit,
+    load_graded_vit,
     scale_to_uint8,
     spotlight,
     write_attention_figure,
@@ -134,11 +134,30 @@ def test_figure_of_a_tiny_checkpoint(tiny_checkpoint, demo_shards):
     assert shown == 3
     row_width = 4 * TILE + 3 * GAP
     assert figure.shape == (2 * TEXT + 3 * (TILE + TEXT + GAP) + GAP, row_width + 2 * GAP, 3)
-    model, cfg = load_query_vit(tiny_checkpoint)
+    model, cfg = load_graded_vit(tiny_checkpoint)
     assert cfg.img_size == 32 and not model.training
     first_row = figure[2 * TEXT + GAP : 2 * TEXT + GAP + TILE, GAP : GAP + row_width]
     attention = first_row[:, 2 * (TILE + GAP) : 3 * TILE + 2 * GAP]
     assert attention.std() > 10  # a map with structure, not a flat colour
+
+
+def test_the_figure_reads_the_branch_grading_reads(tmp_path):
+    """A checkpoint that declares its momentum branch (DINO's teacher) is drawn from that
+    branch, as grading and export read it; without the declaration, from the query encoder."""
+    path = save_checkpoint(tmp_path / "tiny.pt")
+    saved = torch.load(path, weights_only=True)
+    state = saved["model"]
+    for key in [k for k in state if k.startswith("momentum_encoder.")]:
+        state[key] = state[key] + 0.5  # the two branches now differ
+    torch.save(saved, path)
+    query, _ = load_graded_vit(path)
+    torch.save({**saved, "export_branch": "momentum"}, path)
+    teacher, _ = load_graded_vit(path)
+    for name, weight in teacher.state_dict().items():
+        if name.startswith("head."):
+            continue
+        torch.testing.assert_close(weight, state[f"momentum_encoder.{name}"])
+        torch.testing.assert_close(query.state_dict()[name], state[f"base_encoder.{name}"])
 
 
 def test_figure_reads_an_old_format_checkpoint(demo_shards):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ssit.config import load_config
 from ssit.evaluate.config import EncoderConfig, GradeConfig, TrainConfig
 from ssit.evaluate.encoder import GradingModel, create_encoder
-from ssit.evaluate.finetune import fit_regression, parameter_groups
+from ssit.evaluate.finetune import TrainingError, fit_regression, parameter_groups
 from ssit.evaluate.job import run_grading
 
 from .conftest import fundus, save
@@ -98,6 +99,41 @@ def test_fit_applies_the_head_learning_rate_scale(tmp_path):
     assert [group["lr_scale"] for group in saved["param_groups"]] == [1.0, 10.0]
     assert saved["param_groups"][1]["lr"] == pytest.approx(10 * saved["param_groups"][0]["lr"])
     assert not torch.equal(before["head.weight"], model.state_dict()["head.weight"])
+
+
+def _fit(model: GradingModel, out: Path, epochs: int) -> list[dict]:
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(TensorDataset(images, torch.tensor([0, 4] * 4)), batch_size=4)
+    config = TrainConfig(epochs=epochs, lr=1e-3, device="cpu")
+    return fit_regression(model, loader, loader, config, out, torch.device("cpu"), "fp32").history
+
+
+def test_last_checkpoint_leaves_out_a_frozen_backbone_and_resumes_from_it(tmp_path):
+    first = _fit(tiny_model(freeze_backbone=True), tmp_path / "probe", 1)
+    saved = torch.load(tmp_path / "probe" / "last.pt", weights_only=True)
+    assert set(saved["model"]) == {"head.weight", "head.bias"}
+    # best.pt stays the whole model, usable without the encoder checkpoint
+    assert "backbone.cls_token" in torch.load(tmp_path / "probe" / "best.pt", weights_only=True)
+    # a last.pt that holds the whole model (as written before) resumes to the same numbers
+    shutil.copytree(tmp_path / "probe", tmp_path / "whole")
+    trained = tiny_model(freeze_backbone=True)
+    trained.load_state_dict(torch.load(tmp_path / "probe" / "best.pt", weights_only=True))
+    torch.save({**saved, "model": trained.state_dict()}, tmp_path / "whole" / "last.pt")
+    resumed = _fit(tiny_model(freeze_backbone=True), tmp_path / "probe", 2)
+    from_whole = _fit(tiny_model(freeze_backbone=True), tmp_path / "whole", 2)
+    assert [h["epoch"] for h in resumed] == [1, 2] and resumed[0] == first[0]
+    assert resumed[1]["train_loss"] == pytest.approx(from_whole[1]["train_loss"], rel=1e-6)
+    # a fine-tuned backbone changes, so it is kept
+    _fit(tiny_model(freeze_backbone=False), tmp_path / "tuned", 1)
+    tuned = torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)["model"]
+    assert "backbone.cls_token" in tuned and "head.weight" in tuned
+
+
+def test_resume_refuses_a_last_checkpoint_of_another_model(tmp_path):
+    _fit(tiny_model(freeze_backbone=True), tmp_path, 1)
+    # a fine-tuning run cannot continue from a probe's last.pt: its backbone was left out
+    with pytest.raises(TrainingError, match=r"does not match this model.*new output folder"):
+        _fit(tiny_model(freeze_backbone=False), tmp_path, 2)
 
 
 def test_head_lr_scale_must_be_positive():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from ssit.cluster.executor import LaunchError
+from ssit.cluster.grading import add_grade_arguments, plan_grading
 from ssit.evaluate.job import GradingJob
-from ssit.evaluate.submit import add_grade_arguments, plan_grading
 from ssit.train.run_owner import (
     RunFolderBusyError,
     RunOwner,

@@ -212,7 +212,7 @@ def depth4_checkpoint(tmp_path_factory) -> Path:
 def grade_args(*words: str):
     import argparse
 
-    from ssit.evaluate.submit import add_grade_arguments
+    from ssit.cluster.grading import add_grade_arguments
 
     parser = argparse.ArgumentParser()
     add_grade_arguments(parser)
@@ -221,7 +221,7 @@ def grade_args(*words: str):
 
 def test_depth4_checkpoint_grades_with_grade_tiny_cpu(depth4_checkpoint, layouts, crop_cache,
                                                       tmp_path):
-    from ssit.evaluate.submit import plan_grading
+    from ssit.cluster.grading import plan_grading
 
     plan = plan_grading(grade_args(
         "--checkpoint", str(depth4_checkpoint), "--dataset", "folder", "--data",

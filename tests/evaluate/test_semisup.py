@@ -100,7 +100,7 @@ def test_semisup_validation_before_submission(layouts, crop_cache, tmp_path: Pat
 def plan(*words: str):
     import argparse
 
-    from ssit.evaluate.submit import add_grade_arguments, plan_grading
+    from ssit.cluster.grading import add_grade_arguments, plan_grading
 
     parser = argparse.ArgumentParser()
     add_grade_arguments(parser)

@@ -26,6 +26,7 @@ from ssit.train.checkpoint import (
     load_checkpoint,
     load_latest_checkpoint,
     record_world_size,
+    recorded_data_fingerprint,
     recorded_world_size,
     restore_rng_state,
     rotate_checkpoints,
@@ -84,6 +85,19 @@ def test_world_size_record_counts_only_with_checkpoints(tmp_path):
     record_world_size(tmp_path, 2)
     assert recorded_world_size(tmp_path) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000005.pt", "ranks.json"]
+
+
+def test_the_record_carries_the_fingerprint_of_the_shards(tmp_path):
+    fingerprint = {"digest": "a" * 64, "source": "manifest.json of shards/demo"}
+    record_world_size(tmp_path, 2, fingerprint)
+    assert recorded_data_fingerprint(tmp_path) is None  # no checkpoint yet
+    checkpoint_path(tmp_path, 5).write_bytes(b"")
+    assert recorded_data_fingerprint(tmp_path) == fingerprint
+    assert recorded_world_size(tmp_path) == 2
+    (tmp_path / "ranks.json").write_text('{"world_size": 2}')  # written before it was recorded
+    assert recorded_data_fingerprint(tmp_path) is None and recorded_world_size(tmp_path) == 2
+    (tmp_path / "ranks.json").write_text('{"world_size": 2, "data_fingerprint": {"digest": 3}}')
+    assert recorded_data_fingerprint(tmp_path) is None
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"world_size": "8"}', '{"world_size": 0}'])

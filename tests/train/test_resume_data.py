@@ -14,7 +14,7 @@ from ssit.config import load_config
 from ssit.data.fingerprint import shard_fingerprint
 from ssit.train import PretrainConfig, load_checkpoint
 from ssit.train.checkpoint import CheckpointError
-from ssit.train.resume import check_resume_data
+from ssit.train.resume_data import check_resume_data
 from tests.train.conftest import tiny_overrides
 
 pytestmark = [pytest.mark.slow]
