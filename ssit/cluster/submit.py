@@ -392,8 +392,8 @@ def _check_resume_shards(checkpoint_dir: Path, config: PretrainConfig) -> None:
         return  # older checkpoints record none: the job checks the checkpoint itself
     try:
         current = shard_fingerprint(config.data.shards)
-        check_resume_data(saved, current, str(checkpoint_dir), config.data.allow_other_shards,
-                          log_it=False)
+        check_resume_data(saved, current, str(list_checkpoints(checkpoint_dir)[-1]),
+                          config.data.allow_other_shards, log_it=False)
     except (CheckpointError, PrepareError, OSError, ValueError) as error:
         raise LaunchError(str(error)) from None
 

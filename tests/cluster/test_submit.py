@@ -158,7 +158,8 @@ def test_resuming_on_other_shards_is_refused_before_submission(demo_shards: Path
     saved_run(demo_shards, run)
     other = {"digest": "f" * 64, "source": "manifest.json of /data/other"}
     record_world_size(run / "checkpoints", 1, other)
-    with pytest.raises(LaunchError, match=r"cannot resume .*trained on shards with fingerprint "
+    with pytest.raises(LaunchError, match=r"cannot resume .*checkpoint-00000010.pt: it was "
+                       r"trained on shards with fingerprint "
                        r"ffffffffffff \(from manifest.json of /data/other\) but data.shards now "
                        r"has fingerprint [0-9a-f]{12}.*data.allow_other_shards=true") as refused:
         plan_pretrain(tiny(demo_shards, "--cpu", "--output", str(run)))
